@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 setup(
     name="jaxdiff",
     version="0.1.0",
-    description="Diffusion models in JAX/Flax NNX: schedules, samplers, UNets, sharded training; diffusers parity.",
+    description="Diffusion models in JAX/Flax NNX and diffusers parity: schedules, samplers, UNets.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",

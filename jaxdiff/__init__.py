@@ -9,6 +9,13 @@ Submodules (one idea each):
   data        grain input pipelines (digits, TFDS, image folders, HF datasets)
   training    sharded train step, EMA, optimizer, the training loop
   checkpointing  orbax CheckpointManager with the data iterator
+  cpu_tuning  faster XLA CPU flags, added to XLA_FLAGS at import unless the user set them
+              (opt out: JAXDIFF_NO_XLA_TUNING=1)
 """
+
+# Before anything creates a JAX backend: XLA reads XLA_FLAGS once, at backend creation.
+from jaxdiff.cpu_tuning import apply_cpu_defaults as _apply_cpu_defaults
+
+_apply_cpu_defaults()
 
 __version__ = "0.1.0"

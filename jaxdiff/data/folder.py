@@ -66,6 +66,10 @@ class FolderSource:
             decoded = list(pool.map(load, files))
         self.files = [f for f, image in zip(files, decoded, strict=True) if image is not None]
         failed = [f for f, image in zip(files, decoded, strict=True) if image is None]
+        if not self.files:  # the error alone says it: no warning line before it
+            raise UserError(
+                f"data folder {path!r} has no usable images: all {len(files)} image files failed to decode"
+            )
         if failed:
             logging.warning(
                 "data folder %s: skipped %d of %d image files that could not be read (corrupt or "
@@ -74,10 +78,6 @@ class FolderSource:
                 len(failed),
                 len(files),
                 failed[0],
-            )
-        if not self.files:
-            raise UserError(
-                f"data folder {path!r} has no usable images: all {len(files)} image files failed to decode"
             )
         logging.info("data folder %s: %d images", path, len(self.files))
         self._images = np.stack([image for image in decoded if image is not None]) if cache else None

@@ -1,0 +1,128 @@
+"""The train step: one ``jax.jit`` over the mesh, with explicit shardings and the state donated.
+
+``train_step(state, batch) -> (state, metrics)``:
+
+- ``batch``: ``{"image": float32 [B, H, W, C] in [-1, 1], "label": int32 [B]}`` global arrays, split over the
+  devices (``mesh.batch_sharding``); ``B`` is the global batch size.
+- the loss draws its timesteps / noise / dropout from ``fold_in(state.rng, state.step)`` over the *global*
+  batch shape (JAX's partitionable threefry gives the same numbers for any sharding), so 1 and N devices
+  compute the same step up to the summation order of the gradient's all-reduce;
+- ``metrics``: float32 scalars ``loss``, ``grad_norm`` (before clipping), ``lr`` (used by this update),
+  ``ema_decay``, and bool ``finite``. A step whose loss or gradient is not finite leaves the state
+  unchanged (``finite`` is False): a NaN never reaches the parameters, the EMA or a checkpoint, and the
+  train loop stops with the step number.
+
+Mixed precision is the model's business: ``train.mixed_precision="bf16"`` builds the model with bfloat16
+compute and float32 parameters (``create_model(dtype=jnp.bfloat16)``); ``apply_fn`` returns float32, and the
+loss, the gradients, AdamW and the EMA stay float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxdiff.errors import UserError
+from jaxdiff.training.state import TrainState
+
+__all__ = ["OBJECTIVES", "make_loss_fn", "make_train_step"]
+
+OBJECTIVES = ("ddpm", "from_scratch")
+
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+TrainStepFn = Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
+
+
+def make_loss_fn(config: Any) -> LossFn:
+    """The loss of ``config.diffusion.objective``: ``"ddpm"`` (``losses.make_diffusion_loss`` with the
+    configured schedule, ``prediction_type``, ``loss_weighting`` and ``snr_gamma``) or ``"from_scratch"``
+    (the course's corruption objective, ``corruption.make_from_scratch_loss``).
+
+    Returns ``loss_fn(apply_fn, params, x0, key, class_labels=None) -> (loss, aux)``.
+    """
+    diffusion = config.diffusion
+    objective = diffusion.get("objective", "ddpm")
+    if objective == "ddpm":
+        from jaxdiff import losses, schedules
+
+        schedule = schedules.schedule_from_config(_to_dict(diffusion))
+        return losses.make_diffusion_loss(
+            schedule,
+            prediction_type=diffusion.get("prediction_type", "epsilon"),
+            loss_weighting=diffusion.get("loss_weighting", "none"),
+            snr_gamma=float(diffusion.get("snr_gamma", 5.0)),
+        )
+    if objective == "from_scratch":
+        from jaxdiff import corruption
+
+        return corruption.make_from_scratch_loss()
+    raise UserError(f"diffusion.objective={objective!r} is not one of {', '.join(OBJECTIVES)}")
+
+
+def _to_dict(section: Any) -> dict[str, Any]:
+    return section.to_dict() if hasattr(section, "to_dict") else dict(section)
+
+
+def make_train_step(
+    *,
+    apply_fn: Callable[..., jax.Array],
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    lr_schedule: optax.Schedule,
+    ema_update: Callable[[Any, Any, jax.Array], tuple[Any, jax.Array]],
+    state_sharding: Any,
+    batch_sharding: NamedSharding,
+    class_conditional: bool = False,
+    donate: bool = True,
+) -> TrainStepFn:
+    """Build the jitted train step (see the module docstring).
+
+    Args:
+      apply_fn: ``apply_fn(params, x, t, class_labels=None, key=None) -> y`` (``jaxdiff.models.functional``).
+      loss_fn: from :func:`make_loss_fn`.
+      optimizer, lr_schedule: from ``jaxdiff.training.optimizer.make_optimizer``.
+      ema_update: from ``jaxdiff.training.ema.make_ema_update``.
+      state_sharding: a ``TrainState`` of ``NamedSharding``s (``mesh.tree_shardings`` of the state).
+      batch_sharding: the batch's sharding (``mesh.batch_sharding``), applied to every batch leaf.
+      class_conditional: pass ``batch["label"]`` to the model as ``class_labels``.
+      donate: donate the input state's buffers (the caller must not use that state afterwards).
+    """
+
+    def train_step(
+        state: TrainState, batch: Mapping[str, jax.Array]
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        key = jax.random.fold_in(state.rng, state.step)
+        labels = batch["label"] if class_conditional else None
+        grad_fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
+        (loss, _), grads = grad_fn(apply_fn, state.params, batch["image"], key, labels)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema_params, decay = ema_update(state.ema_params, params, state.step + 1)
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params
+        )
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # Keep the last good state on a non-finite step (a select: bitwise the old values).
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        metrics = {
+            "loss": loss.astype(jnp.float32),
+            "grad_norm": grad_norm.astype(jnp.float32),
+            "lr": jnp.asarray(lr_schedule(state.step), jnp.float32),
+            "ema_decay": decay,
+            "finite": finite,
+        }
+        return new_state, metrics
+
+    scalar = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    return jax.jit(
+        train_step,
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, scalar),
+        donate_argnums=(0,) if donate else (),
+    )

@@ -1,0 +1,129 @@
+"""Draw images from a trained model.
+
+    python sample.py --workdir workdirs/digits                 # newest checkpoint, EMA weights
+    python sample.py --pretrained workdirs/digits/diffusers    # a diffusers pipeline or UNet folder
+        [--sampler ddpm|ddim|dpm++|euler] [--steps 50] [--num_samples 64] [--seed 0] [--batch_size 64]
+        [--out grid.png] [--npz samples.npz] [--process_strip strip.png --strip_every 5]
+
+Batches are split over all devices. ``--process_strip`` saves the denoising process of the first few
+images: for each, a row of the noisy input x_t and a row of the predicted x0, every ``--strip_every``
+steps from left (noise) to right (the final step). Bad input prints ``error: <message>`` and exits 2.
+"""
+
+import os
+
+from absl import flags
+
+import jaxdiff  # noqa: F401  (first: sets CPU XLA flags before JAX starts a backend)
+from jaxdiff.training import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A train.py run directory: its newest checkpoint is used.")
+_PRETRAINED = flags.DEFINE_string("pretrained", None, "A diffusers pipeline folder or UNet2DModel folder.")
+_SAMPLER = flags.DEFINE_string(
+    "sampler", None, "ddpm | ddim | dpm++ | euler (default: the run's sample.sampler, else ddim)."
+)
+_STEPS = flags.DEFINE_integer(
+    "steps", None, "Sampling steps, 1..num_train_timesteps (default: the run's, else 50)."
+)
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Number of images.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the noise: the same seed gives the same images.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images per batch (rounded up to the device count).")
+_ETA = flags.DEFINE_float("eta", None, "DDIM's eta (default: the run's sample.eta, else 0).")
+_EMA = flags.DEFINE_boolean("ema", True, "--workdir: use the EMA weights (--noema: the raw weights).")
+_OUT = flags.DEFINE_string(
+    "out", None, "PNG grid (default: <workdir>/samples/sample_<sampler>_<steps>.png or samples.png)."
+)
+_NPZ = flags.DEFINE_string(
+    "npz", None, "Also save the images as float32 [N, H, W, C] in [-1, 1] (key 'images')."
+)
+_STRIP = flags.DEFINE_string(
+    "process_strip", None, "Also save the denoising process of the first images as a PNG."
+)
+_STRIP_EVERY = flags.DEFINE_integer(
+    "strip_every", None, "Snapshot spacing for --process_strip (default: steps / 10)."
+)
+_STRIP_IMAGES = flags.DEFINE_integer("strip_images", 4, "How many images --process_strip shows.")
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", None, "--pretrained: image size when the UNet config has no sample_size."
+)
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "yes", "no"], "jax.distributed.initialize.")
+
+
+def _positive(name, value):
+    if value is not None and value < 1:
+        raise cli.UserError(f"--{name}={value} must be a positive integer")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])} (flags look like --name=value)")
+    if bool(_WORKDIR.value) == bool(_PRETRAINED.value):
+        raise cli.UserError(
+            "give exactly one of --workdir DIR (a training run) or --pretrained DIR (diffusers)"
+        )
+    for name, flag in (
+        ("num_samples", _NUM_SAMPLES),
+        ("batch_size", _BATCH_SIZE),
+        ("strip_every", _STRIP_EVERY),
+        ("strip_images", _STRIP_IMAGES),
+        ("image_size", _IMAGE_SIZE),
+    ):
+        _positive(name, flag.value)
+    if _STRIP_EVERY.value is not None and not _STRIP.value:
+        raise cli.UserError("--strip_every needs --process_strip FILE.png")
+    cli.maybe_initialize_distributed(_DISTRIBUTED.value)
+
+    import jax
+    import numpy as np
+
+    from jaxdiff import images
+    from jaxdiff.training import sampling
+
+    if _WORKDIR.value:
+        model = sampling.load_workdir(_WORKDIR.value, ema=_EMA.value)
+    else:
+        model = sampling.load_pretrained(_PRETRAINED.value, image_size=_IMAGE_SIZE.value)
+    sampler = _SAMPLER.value or model.default_sampler
+    steps = _STEPS.value if _STEPS.value is not None else model.default_steps
+    from jaxdiff.training.config import validate_sampling
+
+    if model.scheduler_base is not None:
+        validate_sampling(sampler, steps, model.num_train_timesteps)
+    strip_every = None
+    if _STRIP.value:
+        strip_every = _STRIP_EVERY.value or max(1, steps // 10)
+    fn = model.sample_fn(
+        sampler=sampler,
+        num_inference_steps=steps,
+        eta=_ETA.value if _ETA.value is not None else model.default_eta,
+        batch_size=min(_BATCH_SIZE.value, _NUM_SAMPLES.value),
+        intermediates_every=strip_every,
+    )
+    out = sampling.generate(fn, model.params, seed=_SEED.value, num_samples=_NUM_SAMPLES.value)
+    x, frames = (out, None) if strip_every is None else out
+    if jax.process_index() != 0:
+        return
+    grid = _OUT.value
+    if grid is None:
+        grid = (
+            os.path.join(_WORKDIR.value, "samples", f"sample_{sampler}_{steps}.png")
+            if _WORKDIR.value
+            else "samples.png"
+        )
+    print(f"wrote {images.save_grid(grid, x)}: {len(x)} images, {sampler}, {steps} steps, seed {_SEED.value}")
+    if _NPZ.value:
+        os.makedirs(os.path.dirname(os.path.abspath(_NPZ.value)), exist_ok=True)
+        extra = {} if frames is None else {"x_t": frames["x_t"], "pred_x0": frames["pred_x0"]}
+        np.savez(_NPZ.value, images=x.astype(np.float32), **extra)
+        print(f"wrote {_NPZ.value}: images {x.shape} float32 in [-1, 1]")
+    if frames is not None:
+        k = min(_STRIP_IMAGES.value, x.shape[0])
+        # Per image: a row of x_t, then a row of predicted x0.
+        rows = np.stack([frames["x_t"][:, :k], frames["pred_x0"][:, :k]], axis=2)
+        rows = rows.reshape(rows.shape[0], 2 * k, *rows.shape[3:])
+        path = images.save_process_strip(_STRIP.value, rows)
+        print(f"wrote {path}: {k} images x (x_t, predicted x0) at {rows.shape[0]} steps, every {strip_every}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,486 @@
+"""Training: EMA and lr schedule against diffusers / torch, the train step, exact resume, preemption,
+non-finite loss, checkpoint damage, and the diffusers export.
+
+Peers: ``diffusers.training_utils.EMAModel``, ``diffusers.optimization.get_scheduler`` and
+``torch.optim.AdamW`` + ``clip_grad_norm_``. Models are tiny (8/16 channels) and runs a few steps long.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdiff.errors import UserError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def shared_cache_dir(tmp_path_factory) -> pathlib.Path:
+    """One XLA cache folder for this pytest session, shared by the xdist workers and their subprocesses."""
+    base = tmp_path_factory.getbasetemp()
+    if base.name.startswith("popen-gw"):  # pytest-xdist: a worker's folder inside the session's
+        base = base.parent
+    path = base / "jaxdiff_xla_cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A persistent XLA cache for this module: the runs of one tiny model compile their step once."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    saved = {name: getattr(jax.config, name) for name in names}
+    jax.config.update("jax_compilation_cache_dir", str(shared_cache_dir(tmp_path_factory)))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    cc.reset_cache()
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+    cc.reset_cache()
+
+
+def load_config(name: str):
+    """``configs/<name>.py``'s ``get_config()`` (the way ``--config`` loads a file)."""
+    spec = importlib.util.spec_from_file_location(f"_training_config_{name}", ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def tiny_config(**train):
+    """configs/digits.py with a tiny UNet (8/16 channels, attention at 8x8) and a few steps: the same run
+    as test_cli.py's ``TINY`` flags, so both compile it once (shared XLA cache)."""
+    config = load_config("digits")
+    model = config.model
+    model.block_out_channels = (8, 16)
+    model.down_block_types = ("DownBlock2D", "AttnDownBlock2D")
+    model.up_block_types = ("AttnUpBlock2D", "UpBlock2D")
+    model.layers_per_block = 1
+    model.norm_num_groups = 4
+    model.attention_head_dim = 4
+    config.data.num_threads = 0
+    t = config.train
+    t.batch_size = 8
+    t.num_steps = 6
+    t.warmup_steps = 2
+    t.learning_rate = 1e-3
+    t.log_every = 1
+    t.sample_every = 0
+    t.checkpoint_every = 2
+    t.keep_checkpoints = 10
+    t.async_checkpointing = True
+    for key, value in train.items():
+        t[key] = value
+    config.sample.num_samples = 4
+    config.sample.batch_size = 4
+    config.sample.num_inference_steps = 2
+    return config
+
+
+def assert_trees_equal(a, b):
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# -- EMA: diffusers' EMAModel ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(decay=0.999, use_ema_warmup=True, inv_gamma=1.0, power=0.75),
+        dict(decay=0.9, use_ema_warmup=True, inv_gamma=2.0, power=2 / 3, min_decay=0.3, update_after_step=3),
+        dict(decay=0.95, use_ema_warmup=False),
+        dict(decay=0.9999, use_ema_warmup=False, min_decay=0.9999),
+    ],
+)
+def test_ema_matches_diffusers_ema_model(kwargs):
+    torch = pytest.importorskip("torch")
+    from diffusers.training_utils import EMAModel
+
+    from jaxdiff.training.ema import make_ema_update
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    ema = EMAModel(net.parameters(), **kwargs)
+    train = {
+        "ema_decay": kwargs["decay"],
+        "ema_min_decay": kwargs.get("min_decay", 0.0),
+        "ema_update_after_step": kwargs.get("update_after_step", 0),
+        "ema_use_warmup": kwargs["use_ema_warmup"],
+        "ema_inv_gamma": kwargs.get("inv_gamma", 1.0),
+        "ema_power": kwargs.get("power", 2 / 3),
+    }
+    update = jax.jit(make_ema_update(train))
+    to_np = lambda params: [p.detach().numpy().copy() for p in params]
+    ema_jax = [jnp.asarray(p) for p in to_np(net.parameters())]
+    rng = np.random.default_rng(0)
+    for step in range(1, 41):
+        with torch.no_grad():  # an "optimizer step": any change of the weights
+            for p in net.parameters():
+                p.add_(torch.from_numpy(rng.normal(size=p.shape).astype(np.float32)))
+        ema.step(net.parameters())
+        ema_jax, decay = update(ema_jax, [jnp.asarray(p) for p in to_np(net.parameters())], jnp.int32(step))
+        np.testing.assert_allclose(float(decay), ema.cur_decay_value, rtol=1e-6, atol=1e-7)
+        for ours, theirs in zip(ema_jax, to_np(ema.shadow_params), strict=True):
+            np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-5, atol=1e-5)
+
+
+# -- optimizer: diffusers' lr schedules, torch's AdamW + clipping ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "lr_schedule, diffusers_name, warmup",
+    [
+        ("cosine", "cosine", 10),
+        ("constant", "constant_with_warmup", 7),
+        ("linear", "linear", 5),
+        ("cosine", "cosine", 0),
+    ],
+)
+def test_lr_schedule_matches_diffusers(lr_schedule, diffusers_name, warmup):
+    torch = pytest.importorskip("torch")
+    from diffusers.optimization import get_scheduler
+
+    from jaxdiff.training.optimizer import make_lr_schedule
+
+    num_steps, lr = 60, 3e-4
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = get_scheduler(diffusers_name, opt, num_warmup_steps=warmup, num_training_steps=num_steps)
+    ours = make_lr_schedule(lr, lr_schedule=lr_schedule, warmup_steps=warmup, num_steps=num_steps)
+    for step in range(num_steps):
+        np.testing.assert_allclose(float(ours(step)), sched.get_last_lr()[0], rtol=1e-5, atol=lr * 1e-6)
+        opt.step()
+        sched.step()
+
+
+def test_optimizer_matches_torch_adamw_with_clipping():
+    torch = pytest.importorskip("torch")
+    from diffusers.optimization import get_scheduler
+
+    from jaxdiff.training.optimizer import make_optimizer
+
+    train = dict(
+        learning_rate=1e-2,
+        lr_schedule="cosine",
+        warmup_steps=3,
+        num_steps=12,
+        weight_decay=0.1,
+        adam_b1=0.9,
+        adam_b2=0.99,
+        adam_eps=1e-8,
+        grad_clip=0.5,
+    )
+    optimizer, _ = make_optimizer(train)
+    rng = np.random.default_rng(1)
+    w0 = rng.normal(size=(5, 3)).astype(np.float32)
+    p = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+    topt = torch.optim.AdamW([p], lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+    tsched = get_scheduler("cosine", topt, num_warmup_steps=3, num_training_steps=12)
+    params = {"w": jnp.asarray(w0)}
+    state = optimizer.init(params)
+    for _ in range(12):
+        g = rng.normal(size=w0.shape).astype(np.float32) * 3
+        p.grad = torch.from_numpy(g.copy())
+        torch.nn.utils.clip_grad_norm_([p], 0.5)
+        topt.step()
+        tsched.step()
+        updates, state = optimizer.update({"w": jnp.asarray(g)}, state, params)
+        params = jax.tree.map(lambda a, u: a + u, params, updates)
+    np.testing.assert_allclose(np.asarray(params["w"]), p.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+# -- the train step --------------------------------------------------------------------------------
+
+
+def test_train_step_reduces_the_loss_and_reports_metrics():
+    from jaxdiff.data import make_train_iterator
+    from jaxdiff.training import mesh as mesh_lib
+    from jaxdiff.training.ema import make_ema_update
+    from jaxdiff.training.loop import build_components
+    from jaxdiff.training.step import make_loss_fn, make_train_step
+
+    config = tiny_config()  # 6 steps: warm-up to lr 1e-3 over 2, then cosine
+    c = build_components(config)
+    step = make_train_step(
+        apply_fn=c.apply_fn,
+        loss_fn=make_loss_fn(config),
+        optimizer=c.optimizer,
+        lr_schedule=c.lr_schedule,
+        ema_update=make_ema_update(config.train),
+        state_sharding=c.state_sharding,
+        batch_sharding=c.batch_sharding,
+    )
+    state = c.init_state()
+    initial_params = jax.device_get(state.params)
+    batch = next(make_train_iterator(config.data, global_batch_size=8, seed=0))
+    batch = mesh_lib.global_batch({"image": batch["image"], "label": batch["label"]}, c.batch_sharding)
+    assert batch["image"].sharding == c.batch_sharding
+    losses, lrs = [], []
+    for _ in range(6):  # one fixed batch: the step must fit it
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+        lrs.append(float(metrics["lr"]))
+        assert bool(metrics["finite"]) and float(metrics["grad_norm"]) > 0
+    assert int(state.step) == 6
+    np.testing.assert_allclose(lrs, [float(c.lr_schedule(i)) for i in range(6)])
+    assert lrs[0] == 0.0 and lrs[2] == pytest.approx(1e-3)
+    assert np.mean(losses[-2:]) < 0.85 * np.mean(losses[:2]), losses
+    # The EMA moved from the initial parameters towards the trained ones.
+    moved = jax.tree.map(
+        lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), state.ema_params, initial_params
+    )
+    assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_unknown_objective_and_batch_size_are_user_errors():
+    from jaxdiff.training import mesh as mesh_lib
+    from jaxdiff.training.step import make_loss_fn
+
+    config = tiny_config()
+    config.diffusion.objective = "score"
+    with pytest.raises(UserError, match="diffusion.objective='score'"):
+        make_loss_fn(config)
+    mesh = mesh_lib.make_mesh()
+    with pytest.raises(UserError, match="multiple of the device count"):
+        mesh_lib.check_batch_size(0, mesh)
+    with pytest.raises(UserError, match="train.fsdp"):
+        mesh_lib.make_mesh(fsdp=len(jax.devices()) + 1)
+
+
+# -- the loop: exact resume after SIGTERM, non-finite loss, other model ----------------------------
+
+
+def _signal_at(monkeypatch, step: int):
+    """Send SIGTERM to this process when the loop assembles batch number ``step`` (1-based)."""
+    from jaxdiff.training import mesh as mesh_lib
+
+    real = mesh_lib.global_batch
+    calls = {"n": 0}
+
+    def global_batch(local, sharding):
+        calls["n"] += 1
+        if calls["n"] == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(local, sharding)
+
+    monkeypatch.setattr(mesh_lib, "global_batch", global_batch)
+
+
+def test_sigterm_then_resume_is_bitwise_identical_to_one_run(tmp_path, monkeypatch):
+    from jaxdiff.training.loop import train_and_evaluate
+
+    config = tiny_config(num_steps=6, checkpoint_every=4)  # cosine lr over 6 steps: resume must be exact
+    once = train_and_evaluate(config, tmp_path / "once")
+    assert (once.step, once.start_step, once.stopped_early) == (6, 0, False)
+
+    with monkeypatch.context() as m:
+        _signal_at(m, 3)
+        first = train_and_evaluate(config, tmp_path / "split")
+    assert (first.step, first.stopped_early) == (3, True)
+    assert sorted(int(p.name) for p in (tmp_path / "split" / "checkpoints").iterdir()) == [3]
+    assert not (tmp_path / "split" / "diffusers").exists()
+    second = train_and_evaluate(config, tmp_path / "split")
+    assert (second.start_step, second.step, second.stopped_early) == (3, 6, False)
+
+    # Parameters, optimizer state, EMA, step and RNG: bitwise equal (same data order, same keys).
+    assert_trees_equal(once.state, second.state)
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    once_losses = [
+        json.loads(x)["loss"] for x in (tmp_path / "once" / "metrics.jsonl").read_text().splitlines()
+    ]
+    split_losses = [
+        json.loads(x)["loss"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert once_losses == split_losses
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["train"]["num_steps"] == 6
+
+    # Running again when done trains nothing and keeps the export.
+    again = train_and_evaluate(config, tmp_path / "split")
+    assert (again.start_step, again.step) == (6, 6)
+    assert (tmp_path / "split" / "diffusers" / "model_index.json").exists()
+
+    # A workdir of another model is refused before anything is written.
+    other = tiny_config(num_steps=6)
+    other.model.block_out_channels = (8, 8)
+    before = (tmp_path / "split" / "config.json").read_bytes()
+    with pytest.raises(
+        UserError, match=r"different model config \(block_out_channels: \[8, 16\] -> \[8, 8\]\)"
+    ):
+        train_and_evaluate(other, tmp_path / "split")
+    assert (tmp_path / "split" / "config.json").read_bytes() == before
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoints(tmp_path, monkeypatch):
+    from jaxdiff.training import mesh as mesh_lib
+    from jaxdiff.training.loop import NonFiniteLossError, train_and_evaluate
+
+    real = mesh_lib.global_batch
+    calls = {"n": 0}
+
+    def poisoned(local, sharding):  # batch 3 holds a NaN pixel
+        calls["n"] += 1
+        if calls["n"] == 3:
+            local = dict(
+                local,
+                image=np.where(
+                    np.arange(local["image"].size).reshape(local["image"].shape) == 0, np.nan, local["image"]
+                ).astype(np.float32),
+            )
+        return real(local, sharding)
+
+    monkeypatch.setattr(mesh_lib, "global_batch", poisoned)
+    config = tiny_config(num_steps=6, checkpoint_every=2)
+    with pytest.raises(
+        NonFiniteLossError, match=r"at step 3; stopped without saving it \(last good checkpoint: step 2\)"
+    ):
+        train_and_evaluate(config, tmp_path)
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [2]
+
+
+# -- checkpoints: atomic writes, damaged and partial checkpoints -----------------------------------
+
+
+def _small_state(value: float):
+    import optax
+
+    from jaxdiff.training.state import create_train_state
+
+    params = {"w": jnp.full((3, 2), value), "b": jnp.zeros((2,))}
+    return create_train_state(params, optax.adam(1e-3), jax.random.PRNGKey(0))
+
+
+def _abstract(state):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def test_damaged_or_partial_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    from jaxdiff.checkpointing import Checkpointer
+
+    reports = []
+    with Checkpointer(tmp_path / "ckpt", max_to_keep=5, log=reports.append) as ckpt:
+        for step in (1, 2, 3):
+            ckpt.save(step, _small_state(float(step)), meta={"fingerprint": "f"})
+    # An interrupted write of step 4: orbax only ever renames complete checkpoints into place.
+    (tmp_path / "ckpt" / "4.orbax-checkpoint-tmp-123").mkdir()
+    # Damage step 3: remove its array data.
+    for path in (tmp_path / "ckpt" / "3" / "state").rglob("*"):
+        if path.is_file() and "metadata" not in path.name:
+            path.write_bytes(b"garbage")
+
+    with Checkpointer(tmp_path / "ckpt", max_to_keep=5, log=reports.append) as ckpt:
+        assert ckpt.all_steps() == [1, 2, 3]
+        restored = ckpt.restore(_abstract(_small_state(0.0)))
+        assert restored.step == 2
+        np.testing.assert_array_equal(np.asarray(restored.state.params["w"]), np.full((3, 2), 2.0))
+        assert ckpt.all_steps() == [1, 2]
+    assert any("incomplete checkpoint write for step 4" in r for r in reports), reports
+    assert any("checkpoint 3 is damaged" in r for r in reports), reports
+    assert not (tmp_path / "ckpt" / "4.orbax-checkpoint-tmp-123").exists()
+    assert len(list((tmp_path / "ckpt.damaged").iterdir())) == 1
+
+
+def test_checkpoint_of_another_structure_is_refused_without_moving_it(tmp_path):
+    import optax
+
+    from jaxdiff.checkpointing import Checkpointer
+    from jaxdiff.training.state import create_train_state
+
+    with Checkpointer(tmp_path, log=print) as ckpt:
+        ckpt.save(1, _small_state(1.0))
+    other = create_train_state(
+        {"w": jnp.zeros((4, 2)), "b": jnp.zeros((2,))}, optax.adam(1e-3), jax.random.PRNGKey(0)
+    )
+    with (
+        Checkpointer(tmp_path, log=print) as ckpt,
+        pytest.raises(UserError, match=r"another structure \(ema_params/w has shape \(3, 2\) instead of"),
+    ):
+        ckpt.restore(_abstract(other))
+    assert (tmp_path / "1").is_dir()
+
+
+# -- images ----------------------------------------------------------------------------------------
+
+
+def test_grid_and_strip_layout(tmp_path):
+    from PIL import Image
+
+    from jaxdiff.images import make_grid, make_process_strip, save_grid, to_uint8
+
+    np.testing.assert_array_equal(to_uint8(np.array([-1.0, 0.0, 1.0, 2.0])), [0, 128, 255, 255])
+    images = np.stack([np.full((2, 3, 1), v, np.float32) for v in (-1.0, 1.0, 0.0)])
+    grid = make_grid(images, nrow=2, padding=1, upscale=2)
+    assert grid.shape == (2 * (4 + 1) + 1, 2 * (6 + 1) + 1, 1)
+    assert (grid[1:5, 1:7] == 0).all() and (grid[1:5, 8:14] == 255).all() and (grid[6:10, 1:7] == 128).all()
+    path = save_grid(tmp_path / "g.png", np.zeros((4, 8, 8, 3)))
+    assert Image.open(path).size == (2 * 64 + 3 * 2, 2 * 64 + 3 * 2)  # 8x8 upscaled to 64x64
+    frames = np.stack([np.full((2, 4, 4, 1), v, np.float32) for v in (-1.0, 1.0, 0.0)])  # [S=3, N=2]
+    strip = make_process_strip(frames, padding=0, upscale=1)
+    assert strip.shape == (2 * 4, 3 * 4, 1)
+    assert (strip[:, :4] == 0).all() and (strip[:, 4:8] == 255).all() and (strip[:, 8:] == 128).all()
+    with pytest.raises(UserError, match="C in"):
+        make_grid(np.zeros((2, 4, 4, 2)))
+
+
+# -- config validation -----------------------------------------------------------------------------
+
+
+def test_config_validation_names_the_bad_key():
+    from jaxdiff.training.config import validate_config
+
+    cases = [
+        (("data", "channels", 3), "model.in_channels=1"),
+        (("model", "sample_size", 32), "model.sample_size=32"),
+        (("train", "mixed_precision", "fp16"), "train.mixed_precision='fp16'"),
+        (("train", "lr_schedule", "step"), "train.lr_schedule='step'"),
+        (("sample", "sampler", "heun"), "sample.sampler='heun'"),
+        (("sample", "num_inference_steps", 1001), "sample.num_inference_steps=1001"),
+        (("model", "block_out_channels", (8, 10)), "norm_num_groups"),
+        (("model", "down_block_types", ("DownBlock2D", "CrossAttnDownBlock2D")), "CrossAttnDownBlock2D"),
+        (("train", "warmup_steps", 6), "train.warmup_steps=6"),
+    ]
+    validate_config(tiny_config())
+    for (section, key, value), message in cases:
+        config = tiny_config()
+        config[section][key] = value
+        with pytest.raises(UserError, match=message.replace("(", r"\(").replace("[", r"\[")) as info:
+            validate_config(config)
+        assert "\n" not in str(info.value)
+
+
+def test_shipped_configs_are_valid_and_match_their_recipes():
+    from jaxdiff.models import param_count
+    from jaxdiff.training.config import normalized_model_config, validate_config
+
+    for name in ("default", "digits", "butterflies", "mnist", "cifar10"):
+        validate_config(load_config(name))
+    cifar = load_config("cifar10")
+    assert tuple(cifar.model.block_out_channels) == (128, 256, 256, 256)
+    assert (cifar.train.batch_size, cifar.train.learning_rate, cifar.train.warmup_steps) == (128, 2e-4, 5000)
+    assert (cifar.train.num_steps, cifar.train.ema_decay, cifar.model.dropout) == (800_000, 0.9999, 0.1)
+    from flax import nnx
+
+    from jaxdiff.models import create_model
+
+    model = nnx.eval_shape(lambda: create_model(cifar.model, rngs=nnx.Rngs(0)))
+    assert round(param_count(model) / 1e6, 1) == 35.7
+    butterflies = load_config("butterflies")
+    assert normalized_model_config(butterflies)["block_out_channels"] == (64, 128, 128, 256)
+    assert butterflies.diffusion.beta_schedule == "squaredcos_cap_v2"
+    assert (butterflies.train.learning_rate, butterflies.train.batch_size) == (4e-4, 64)
