@@ -578,15 +578,27 @@ def generate(params, sampler, key, shape):
     return samplers.sample(sampler, model_fn, jax.random.normal(noise_key, shape), sample_key)
 
 
-names = ["DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler"]
-fig, axs = plt.subplots(1, len(names), figsize=(4 * len(names), 4.5))
-for ax, name in zip(axs, names, strict=True):
-    sampler = samplers.from_diffusers_config({"_class_name": name}, sampler_steps)
+configs = {
+    "DDPM": {"_class_name": "DDPMScheduler"},
+    "DDIM": {"_class_name": "DDIMScheduler"},
+    "DPM-Solver++": {"_class_name": "DPMSolverMultistepScheduler"},
+    "Euler": {"_class_name": "EulerDiscreteScheduler"},
+    "DPM-Solver++, thresholding": {"_class_name": "DPMSolverMultistepScheduler", "thresholding": True},
+}
+fig, axs = plt.subplots(1, len(configs), figsize=(4 * len(configs), 4.5))
+for ax, (title, config) in zip(axs, configs.items(), strict=True):
+    sampler = samplers.from_diffusers_config(config, sampler_steps)
     out = generate(ddpm_params, sampler, jax.random.key(8), (16, 28, 28, 1))
-    show(
-        ax, out, nrow=4, title=f"{name.replace('Scheduler', '')}, {sampler_steps} steps", value_range=(-1, 1)
-    )
+    show(ax, out, nrow=4, title=f"{title}, {sampler_steps} steps", value_range=(-1, 1))
 plt.show()
+
+# %% [markdown]
+# Some DPM-Solver++ and Euler images may be pure noise. That is this briefly trained model, not the
+# samplers (they match diffusers' to float32 precision on it): DDPM and DDIM clip their estimate of $x_0$ to
+# [-1, 1] at every step (`clip_sample=True` by default in their diffusers configs), which hides the model's
+# large errors at the highest noise levels; DPM-Solver++ and Euler do not clip by default, so those errors can
+# push an image far outside [-1, 1]. DPM-Solver++ with `thresholding=True` (dynamic thresholding, here a clip
+# to [-1, 1]) mostly recovers; a better-trained model (`train.py`) needs neither.
 
 # %% [markdown]
 # To dig into one: every sampler module in `jaxdiff/samplers/` (e.g. `ddim.py`) is a few dozen lines with the

@@ -100,3 +100,52 @@ def test_apply_on_a_given_environment(monkeypatch):
     assert env["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x --{OPTION}=-individual_convolution"
     assert cpu_tuning.apply_cpu_defaults(env) == []  # idempotent
     assert cpu_tuning.apply_cpu_defaults({cpu_tuning.OPT_OUT_ENV: "true"}) == []
+
+
+# -- faster formulations must stay exact: jaxdiff's GroupNorm against torch.nn.GroupNorm ---------------
+
+
+@pytest.mark.parametrize("shape, groups, offset", [((2, 8, 8, 64), 32, 0.0), ((3, 4, 6, 12), 4, 5.0)])
+def test_group_norm_values_and_gradients_match_torch(shape, groups, offset):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    from flax import nnx
+
+    from jaxdiff.models.layers import group_norm
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) * 2 + offset).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    scale = rng.standard_normal(shape[-1]).astype(np.float32)
+    bias = rng.standard_normal(shape[-1]).astype(np.float32)
+
+    ref = torch.nn.GroupNorm(groups, shape[-1], eps=1e-5)
+    with torch.no_grad():
+        ref.weight.copy_(torch.from_numpy(scale))
+        ref.bias.copy_(torch.from_numpy(bias))
+    tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+    ty = ref(tx)
+    ty.backward(torch.from_numpy(dy.transpose(0, 3, 1, 2).copy()))
+    t_out = ty.detach().numpy().transpose(0, 2, 3, 1)
+    t_dx = tx.grad.numpy().transpose(0, 2, 3, 1)
+
+    layer = group_norm(shape[-1], groups, 1e-5, rngs=nnx.Rngs(0))
+    layer.scale.value, layer.bias.value = jnp.asarray(scale), jnp.asarray(bias)
+    graphdef, params = nnx.split(layer)
+
+    def f(params, x):
+        return nnx.merge(graphdef, params)(x)
+
+    out, vjp = jax.vjp(jax.jit(f), params, jnp.asarray(x))
+    d_params, dx = vjp(jnp.asarray(dy))
+
+    def close(a, b, rel):
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.abs(a - b).max() <= rel * np.abs(b).max()
+
+    close(out, t_out, 1e-5)
+    close(dx, t_dx, 1e-4)
+    close(d_params["scale"].value, ref.weight.grad.numpy(), 1e-4)
+    close(d_params["bias"].value, ref.bias.grad.numpy(), 1e-5)

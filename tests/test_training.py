@@ -454,6 +454,8 @@ def test_config_validation_names_the_bad_key():
         (("model", "block_out_channels", (8, 10)), "norm_num_groups"),
         (("model", "down_block_types", ("DownBlock2D", "CrossAttnDownBlock2D")), "CrossAttnDownBlock2D"),
         (("train", "warmup_steps", 6), "train.warmup_steps=6"),
+        (("train", "learnin_rate", 0.1), "unknown config key 'train.learnin_rate'"),
+        (("sample", "steps", 10), "unknown config key 'sample.steps'"),
     ]
     validate_config(tiny_config())
     for (section, key, value), message in cases:
@@ -466,10 +468,19 @@ def test_config_validation_names_the_bad_key():
 
 def test_shipped_configs_are_valid_and_match_their_recipes():
     from jaxdiff.models import param_count
-    from jaxdiff.training.config import normalized_model_config, validate_config
+    from jaxdiff.training.config import (
+        DIFFUSION_KEYS,
+        SAMPLE_KEYS,
+        TRAIN_KEYS,
+        normalized_model_config,
+        validate_config,
+    )
 
     for name in ("default", "digits", "butterflies", "mnist", "cifar10"):
         validate_config(load_config(name))
+    default = load_config("default")  # sets every key the validator knows
+    assert set(default.train) == set(TRAIN_KEYS) and set(default.sample) == set(SAMPLE_KEYS)
+    assert set(default.diffusion) <= set(DIFFUSION_KEYS)
     cifar = load_config("cifar10")
     assert tuple(cifar.model.block_out_channels) == (128, 256, 256, 256)
     assert (cifar.train.batch_size, cifar.train.learning_rate, cifar.train.warmup_steps) == (128, 2e-4, 5000)

@@ -26,6 +26,7 @@ __all__ = [
     "maybe_initialize_distributed",
     "one_line",
     "run",
+    "without_traceback",
 ]
 
 EXIT_USER_ERROR = 2
@@ -59,15 +60,34 @@ def _config_override_error(argv: Sequence[str], error: Exception) -> str:
     return f"bad --config.* flag: {text}"
 
 
+def without_traceback(message: Any) -> str:
+    """A message that embeds a formatted traceback (config_flags does so for a failing config file),
+    reduced to the text before it and the exception line at its end."""
+    text = str(message)
+    marker = "Traceback (most recent call last):"
+    if marker not in text:
+        return one_line(text)
+    head, tail = text.split(marker, 1)
+    lines = [line for line in tail.splitlines() if line.strip()]
+    # The innermost frame in the user's own code (not a library's): where their config went wrong.
+    where = ""
+    for i, line in enumerate(lines[:-1]):
+        frame = re.match(r'\s*File "([^"]+)", line (\d+)', line)
+        if frame and "site-packages" not in frame.group(1) and not frame.group(1).startswith("<"):
+            code = lines[i + 1].strip()
+            where = f"{os.path.basename(frame.group(1))}:{frame.group(2)} `{code}`: "
+    return one_line(f"{head} {where}{lines[-1] if lines else ''}")
+
+
 def _parse_flags(argv: Sequence[str]) -> list[str]:
     from absl import flags
 
     try:
         return flags.FLAGS(argv)
     except flags.IllegalFlagValueError as e:
-        fail(one_line(e).replace("flag --", "--"))
+        fail(without_traceback(e).replace("flag --", "--"))
     except flags.Error as e:
-        fail(e)
+        fail(without_traceback(e))
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         fail(_config_override_error(argv, e))
     raise AssertionError("unreachable")
@@ -115,7 +135,7 @@ def load_config_flag(holder: Any, name: str = "config") -> Any:
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure of the user's config file is bad input
-        raise UserError(f"cannot load --config {config_path!r}: {one_line(e)}") from None
+        raise UserError(f"cannot load --config {config_path!r}: {without_traceback(e)}") from None
     if config is None:
         raise UserError(f"--config {config_path!r} gave no config (get_config() returned None)")
     return config

@@ -19,6 +19,9 @@ from jaxdiff.errors import UserError
 
 __all__ = [
     "SECTIONS",
+    "TRAIN_KEYS",
+    "DIFFUSION_KEYS",
+    "SAMPLE_KEYS",
     "SAMPLER_NAMES",
     "MIXED_PRECISION",
     "validate_config",
@@ -32,6 +35,58 @@ __all__ = [
 ]
 
 SECTIONS = ("data", "model", "diffusion", "train", "sample")
+
+# The keys of the train / diffusion / sample sections (configs/default.py sets each one). The data and
+# model sections are checked by jaxdiff.data and jaxdiff.models.
+TRAIN_KEYS = (
+    "batch_size",
+    "num_steps",
+    "learning_rate",
+    "lr_schedule",
+    "warmup_steps",
+    "weight_decay",
+    "adam_b1",
+    "adam_b2",
+    "adam_eps",
+    "grad_clip",
+    "ema_decay",
+    "ema_min_decay",
+    "ema_use_warmup",
+    "ema_inv_gamma",
+    "ema_power",
+    "ema_update_after_step",
+    "mixed_precision",
+    "log_every",
+    "sample_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "checkpoint_dir",
+    "async_checkpointing",
+    "fsdp",
+)
+DIFFUSION_KEYS = (
+    "objective",
+    "loss_weighting",
+    "snr_gamma",
+    # DDPMScheduler's config keys
+    "num_train_timesteps",
+    "beta_schedule",
+    "beta_start",
+    "beta_end",
+    "trained_betas",
+    "rescale_betas_zero_snr",
+    "prediction_type",
+    "variance_type",
+    "clip_sample",
+    "clip_sample_range",
+    "thresholding",
+    "dynamic_thresholding_ratio",
+    "sample_max_value",
+    "timestep_spacing",
+    "steps_offset",
+)
+SAMPLE_KEYS = ("sampler", "num_inference_steps", "num_samples", "eta", "seed", "batch_size")
+_SECTION_KEYS = {"train": TRAIN_KEYS, "diffusion": DIFFUSION_KEYS, "sample": SAMPLE_KEYS}
 SAMPLER_NAMES = ("ddpm", "ddim", "dpm++", "euler")
 MIXED_PRECISION = ("no", "bf16")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -79,6 +134,13 @@ def validate_config(config: Any) -> None:
     for section in SECTIONS:
         if section not in config or not isinstance(config[section], Mapping | ml_collections.ConfigDict):
             raise UserError(f"config has no {section!r} section; every config needs {', '.join(SECTIONS)}")
+    unknown = sorted(set(config.keys()) - {"seed", *SECTIONS})
+    if unknown:
+        raise UserError(f"unknown config key {unknown[0]!r}; allowed: seed, {', '.join(SECTIONS)}")
+    for section, allowed in _SECTION_KEYS.items():
+        unknown = sorted(set(config[section].keys()) - set(allowed))
+        if unknown:
+            raise UserError(f"unknown config key '{section}.{unknown[0]}'; allowed: {', '.join(allowed)}")
     _check(_is_int(config.get("seed")), "seed", config.get("seed"), "use an integer")
 
     from jaxdiff.data import parse_data_config

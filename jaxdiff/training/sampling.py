@@ -45,9 +45,17 @@ __all__ = [
 # diffusers scheduler keys taken from the training `diffusion` section, per sampler (beyond the noise
 # schedule and prediction type, which every sampler gets). DPM-Solver++ and Euler keep their own defaults
 # for spacing (diffusers' pipelines use them so).
+_THRESHOLDING = ("thresholding", "dynamic_thresholding_ratio", "sample_max_value")
 _EXTRA_KEYS = {
-    "ddpm": ("variance_type", "clip_sample", "clip_sample_range", "timestep_spacing", "steps_offset"),
-    "ddim": ("clip_sample", "clip_sample_range", "timestep_spacing", "steps_offset"),
+    "ddpm": (
+        "variance_type",
+        "clip_sample",
+        "clip_sample_range",
+        "timestep_spacing",
+        "steps_offset",
+        *_THRESHOLDING,
+    ),
+    "ddim": ("clip_sample", "clip_sample_range", "timestep_spacing", "steps_offset", *_THRESHOLDING),
     "dpm++": (),
     "euler": (),
 }
