@@ -67,8 +67,15 @@ def main(argv: list[str]) -> None:
         ("strip_every", _STRIP_EVERY),
         ("strip_images", _STRIP_IMAGES),
         ("image_size", _IMAGE_SIZE),
+        ("steps", _STEPS),
     ):
         _positive(name, flag.value)
+    from jaxdiff.training.config import SAMPLER_NAMES
+
+    if _SAMPLER.value is not None and _SAMPLER.value not in SAMPLER_NAMES:  # before loading a model
+        raise cli.UserError(
+            f"--sampler={_SAMPLER.value!r} is not allowed; use one of {', '.join(SAMPLER_NAMES)}"
+        )
     if _STRIP_EVERY.value is not None and not _STRIP.value:
         raise cli.UserError("--strip_every needs --process_strip FILE.png")
     cli.maybe_initialize_distributed(_DISTRIBUTED.value)

@@ -3,6 +3,7 @@
 Submodules (one idea each):
   schedules   noise schedules and the forward (noising) process
   losses      training targets and loss weighting
+  corruption  the course's "from scratch" corruption process, loss and sampler
   samplers    DDPM / DDIM / DPM-Solver++ / Euler as pure functions, one lax.scan loop
   models      Flax NNX UNet2D (diffusers UNet2DModel config) and the course's BasicUNet
   interop     diffusers weight and pipeline conversion, both ways

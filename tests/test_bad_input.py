@@ -223,6 +223,23 @@ def test_workdir_of_a_different_model_config(trained, env):
     assert _snapshot(workdir) == before
 
 
+@pytest.mark.parametrize(
+    "flag, fragment",
+    [
+        ("--config.diffusion.loss_weighting=min_snr_gamma", "loss_weighting"),
+        ("--config.diffusion.variance_type=fixed", "variance_type"),  # only DDPM sampling / the export use it
+        ("--config.diffusion.timestep_spacing=even", "timestep_spacing"),
+    ],
+)
+def test_bad_diffusion_value_is_refused_before_the_run_is_touched(trained, env, flag, fragment):
+    """Values only the loss or a sampler reads are checked before ``config.json`` or a checkpoint is
+    written: the existing run (its config.json included) stays as it was."""
+    workdir = trained[0]
+    before = _snapshot(workdir)
+    assert_user_error(_train(workdir, flag, env=env), fragment)
+    assert _snapshot(workdir) == before
+
+
 # -- sample.py -------------------------------------------------------------------------------------------
 
 
@@ -256,7 +273,7 @@ def test_sample_with_a_damaged_run_without_checkpoints(trained, tmp_path, env, e
     "flags, fragments",
     [
         (["--sampler", "plms"], ["plms", "ddim"]),
-        (["--steps", "0"], ["0", "1000"]),
+        (["--steps", "0"], ["--steps=0", "positive"]),
         (["--steps", "1001"], ["1001", "1000"]),
     ],
 )

@@ -257,6 +257,17 @@ def validate_config(config: Any) -> None:
     _check(_is_number(s.eta) and s.eta >= 0, "sample.eta", s.eta, "use a number >= 0")
     _check(_is_int(s.seed), "sample.seed", s.seed, "use an integer")
 
+    # -- what only the loss and the samplers read: build them now, before a run writes anything --------------
+    if objective == "ddpm":
+        from jaxdiff import samplers
+        from jaxdiff.training.sampling import scheduler_config
+        from jaxdiff.training.step import make_loss_fn
+
+        make_loss_fn(config)  # loss_weighting
+        # The grids' sampler, and the DDPMScheduler of the diffusers export (variance_type, spacing, ...).
+        for name in dict.fromkeys((s.sampler, "ddpm")):
+            samplers.from_diffusers_config(scheduler_config(d, name), s.num_inference_steps)
+
 
 def validate_sampling(
     sampler: Any, steps: Any, num_train_timesteps: int, *, objective: str = "ddpm", key_prefix: str = "--"

@@ -308,18 +308,37 @@ def train_and_evaluate(
 
     run_config.validate_config(config)
     workdir = os.path.abspath(os.fspath(workdir))
-    c = build_components(config)
     tc = config.train
     num_steps = int(tc.num_steps)
     end_step = num_steps if stop_at_step is None else min(num_steps, int(stop_at_step))
 
-    data_iter = make_train_iterator(
+    # Everything that can refuse bad input comes before the first write into the workdir.
+    data_iter = make_train_iterator(  # first: a bad data source is reported before the model is built
         config.data,
         global_batch_size=tc.batch_size,
         seed=config.seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+    c = build_components(config)
+    train_step = make_train_step(
+        apply_fn=c.apply_fn,
+        loss_fn=make_loss_fn(config),
+        optimizer=c.optimizer,
+        lr_schedule=c.lr_schedule,
+        ema_update=make_ema_update(tc),
+        state_sharding=c.state_sharding,
+        batch_sharding=c.batch_sharding,
+        class_conditional=run_config.class_conditional(config),
+    )
+    sampler = sampling.sample_fn_for_config(
+        config,
+        c.apply_fn,
+        mesh=c.mesh,
+        param_sharding=c.state_sharding.ema_params,
+        batch_size=min(config.sample.batch_size, config.sample.num_samples),
+    )
+
     ckpt = Checkpointer(
         checkpoint_dir(config, workdir),
         max_to_keep=tc.keep_checkpoints,
@@ -353,23 +372,6 @@ def train_and_evaluate(
         "model": json.loads(canonical_json(c.model_config)),
         "config": json.loads(run_config.config_to_json(config)),
     }
-    train_step = make_train_step(
-        apply_fn=c.apply_fn,
-        loss_fn=make_loss_fn(config),
-        optimizer=c.optimizer,
-        lr_schedule=c.lr_schedule,
-        ema_update=make_ema_update(tc),
-        state_sharding=c.state_sharding,
-        batch_sharding=c.batch_sharding,
-        class_conditional=run_config.class_conditional(config),
-    )
-    sampler = sampling.sample_fn_for_config(
-        config,
-        c.apply_fn,
-        mesh=c.mesh,
-        param_sharding=c.state_sharding.ema_params,
-        batch_size=min(config.sample.batch_size, config.sample.num_samples),
-    )
 
     def save_samples(step: int, params: Any) -> None:
         images = sampling.generate(
