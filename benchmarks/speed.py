@@ -83,6 +83,7 @@ class Row:
     jax_times: list[float] = field(default_factory=list)  # seconds per call
     torch_times: list[float] = field(default_factory=list)
     per_call: float = 1.0  # images per call for img/s rows
+    steps: int = 1  # train steps per call
     compile_s: float | None = None
     flops: float | None = None  # per call, from XLA's cost analysis
     peak_key: str | None = None
@@ -170,9 +171,17 @@ class QuietGuard:
 
 
 def interleave(
-    fns: dict[str, Callable[[], None]], reps: int, guard: QuietGuard | None = None
+    fns: dict[str, Callable[[], None]],
+    reps: int,
+    guard: QuietGuard | None = None,
+    settle: bool = False,
 ) -> dict[str, list[float]]:
     """Time each function ``reps`` times, in alternation; each call must block until its work is done.
+
+    ``settle``: run each function once, untimed, right before its timed call. Both libraries keep
+    their worker threads spinning for a while after a call (torch's OpenMP pool, XLA's thread pool),
+    which slows whatever runs next on a small machine by up to a third; the settling call absorbs
+    that, so each timed call runs as in a training loop, after a call of its own kind.
 
     With an enabled ``guard``, each round (one call of every function) starts on an otherwise idle
     machine, and a round disturbed by other processes is timed again (at most ``3 * reps`` tries; the
@@ -187,6 +196,8 @@ def interleave(
             before = guard._snapshot()
         round_times = {}
         for name, fn in fns.items():
+            if settle:
+                fn()
             start = time.perf_counter()
             fn()
             round_times[name] = time.perf_counter() - start
@@ -230,7 +241,7 @@ class Torch:
         x = np.random.default_rng(1).uniform(-1, 1, (batch, 3, 32, 32)).astype(np.float32)
         return self.torch.from_numpy(x).to(self.device)
 
-    def train(self, batch: int, bf16: bool) -> Callable[[], None]:
+    def train(self, batch: int, bf16: bool, steps: int) -> Callable[[], None]:
         import torch.nn.functional as F
         from diffusers import DDPMScheduler
         from diffusers.optimization import get_scheduler
@@ -263,9 +274,13 @@ class Torch:
             lr_sched.step()
             opt.zero_grad(set_to_none=True)
             ema.step(model.parameters())
+
+        def run() -> None:
+            for _ in range(steps):
+                step()
             self.sync()
 
-        return step
+        return run
 
     def forward(self, batch: int) -> Callable[[], None]:
         torch = self.torch
@@ -337,7 +352,7 @@ class Jax:
         x = np.random.default_rng(1).uniform(-1, 1, (batch, 3, 32, 32)).astype(np.float32)
         return x.transpose(0, 2, 3, 1)  # NHWC, the same numbers as the torch side
 
-    def train(self, batch: int, bf16: bool) -> tuple[Callable[[], None], float, float | None]:
+    def train(self, batch: int, bf16: bool, steps: int) -> tuple[Callable[[], None], float, float | None]:
         from jaxdiff.training import loop
         from jaxdiff.training.ema import make_ema_update
         from jaxdiff.training.mesh import global_batch
@@ -364,7 +379,9 @@ class Jax:
         holder = [state]
 
         def run() -> None:
-            holder[0], metrics = compiled(holder[0], data)
+            # Back-to-back steps, as in a train loop: JAX dispatches step n+1 while step n runs.
+            for _ in range(steps):
+                holder[0], metrics = compiled(holder[0], data)
             metrics["loss"].block_until_ready()
 
         return run, compile_s, cost_flops(compiled)
@@ -421,14 +438,17 @@ def run_row(kind: str, batch: int, args: argparse.Namespace, jx: Jax, th: Torch,
     reps = args.sample_reps if kind in ("ddim", "ddpm") else args.reps
     if kind in ("train", "train_bf16"):
         bf16 = kind == "train_bf16"
+        steps = args.train_steps_per_call
         row = Row(
             f"train{' bf16' if bf16 else ''} b{batch}",
             "img/s",
-            per_call=batch,
+            per_call=batch * steps,
             peak_key="bf16" if bf16 else "tf32",
         )
-        jfn, row.compile_s, row.flops = jx.train(batch, bf16)
-        tfn = th.train(batch, bf16)
+        jfn, row.compile_s, flops = jx.train(batch, bf16, steps)
+        row.flops = flops * steps if flops else None
+        row.note, row.steps = f"{steps} steps per timed call", steps
+        tfn = th.train(batch, bf16, steps)
         warm = args.warmup
     elif kind == "forward":
         row = Row(f"forward b{batch}", "ms")
@@ -445,7 +465,9 @@ def run_row(kind: str, batch: int, args: argparse.Namespace, jx: Jax, th: Torch,
     for _ in range(warm):
         jfn()
         tfn()
-    times = interleave({"jax": jfn, "torch": tfn}, reps, guard)
+    # Sampling rows are long (50+ model calls): the other side's spinning threads cost them nothing.
+    settle = kind not in ("ddim", "ddpm") and not args.no_settle
+    times = interleave({"jax": jfn, "torch": tfn}, reps, guard, settle=settle)
     row.jax_times, row.torch_times = times["jax"], times["torch"]
     return row
 
@@ -483,7 +505,7 @@ def render(rows: list[Row], meta: dict[str, Any], peak_override: float | None) -
         notes = [r.note] if r.note else []
         if r.flops:
             tflops = r.flops / jm / 1e12
-            notes.append(f"{r.flops / 1e9:.0f} GFLOP/step, {tflops * 1e3:.0f} GFLOP/s")
+            notes.append(f"{r.flops / 1e9 / r.steps:.0f} GFLOP/step, {tflops * 1e3:.0f} GFLOP/s")
             peak = peak_tflops(meta["jax_devices"], r.peak_key, peak_override) if meta["gpu"] else None
             if peak:
                 notes.append(f"MFU {100 * tflops / peak:.1f}% of {peak:g} TFLOP/s ({r.peak_key})")
@@ -508,6 +530,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sample_reps", type=int, default=None, help="timed calls per side for sampling rows (3)")
     p.add_argument(
         "--warmup", type=int, default=2, help="untimed calls per side before timing (train/forward)"
+    )
+    p.add_argument("--train_steps_per_call", type=int, default=3, help="train steps per timed call")
+    p.add_argument(
+        "--no_settle",
+        action="store_true",
+        help="time train/forward calls straight after the other library's (no untimed settling call)",
     )
     p.add_argument("--ddim_steps", type=int, default=50)
     p.add_argument("--ddpm_steps", type=int, default=None, help="DDPM steps (1000; --quick: 50)")
@@ -567,8 +595,10 @@ def main(argv: list[str] | None = None) -> None:
         "XLA_FLAGS": repr(XLA_FLAGS_AT_START),
         "load_before": load_average(),
         "options": (
-            f"reps {args.reps}, sample_reps {args.sample_reps}, warmup {args.warmup}, "
-            f"ddim_steps {args.ddim_steps}, ddpm_steps {args.ddpm_steps}, torch_fast {args.torch_fast}"
+            f"reps {args.reps}, train_steps_per_call {args.train_steps_per_call}, "
+            f"sample_reps {args.sample_reps}, warmup {args.warmup}, "
+            f"ddim_steps {args.ddim_steps}, ddpm_steps {args.ddpm_steps}, torch_fast {args.torch_fast}, "
+            f"settle {not args.no_settle}"
         ),
     }
     guard = QuietGuard(args.quiet, args.quiet_max_wait)

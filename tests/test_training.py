@@ -495,3 +495,60 @@ def test_shipped_configs_are_valid_and_match_their_recipes():
     assert normalized_model_config(butterflies)["block_out_channels"] == (64, 128, 128, 256)
     assert butterflies.diffusion.beta_schedule == "squaredcos_cap_v2"
     assert (butterflies.train.learning_rate, butterflies.train.batch_size) == (4e-4, 64)
+
+
+def test_fourier_weight_is_frozen_like_requires_grad_false():
+    """diffusers' GaussianFourierProjection weight has requires_grad=False: torch's AdamW never touches it
+    (no weight decay) and clip_grad_norm_ leaves it out. jaxdiff gives it a zero update."""
+    from flax import nnx
+
+    from jaxdiff import models
+    from jaxdiff.training.optimizer import make_optimizer
+
+    base = dict(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 8),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        layers_per_block=1,
+    )
+    positional = models.create_model(base, rngs=nnx.Rngs(0))
+    assert models.frozen_param_paths(positional) == ()
+    fourier = models.create_model({**base, "time_embedding_type": "fourier"}, rngs=nnx.Rngs(0))
+    frozen = models.frozen_param_paths(fourier)
+    assert frozen == (("time_proj", "weight"),)
+
+    train = dict(
+        learning_rate=1e-2,
+        lr_schedule="constant",
+        warmup_steps=0,
+        num_steps=10,
+        weight_decay=0.5,
+        adam_b1=0.9,
+        adam_b2=0.999,
+        adam_eps=1e-8,
+        grad_clip=1.0,
+    )
+    _, params = models.functional(fourier)
+    grads = jax.tree.map(jnp.ones_like, params)
+    for frozen_paths in ((), frozen):
+        optimizer, _ = make_optimizer(train, frozen_paths)
+        updates, _ = optimizer.update(grads, optimizer.init(params), params)
+        weight_update = np.abs(np.asarray(updates["time_proj"]["weight"][...])).max()
+        assert (weight_update == 0) == bool(frozen_paths)
+        assert np.abs(np.asarray(updates["conv_in"]["kernel"][...])).max() > 0
+    # The clipping norm leaves the frozen weight out: the trained leaves' update is the same as with the
+    # frozen leaf's gradient zeroed.
+    optimizer, _ = make_optimizer(train, frozen)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    zeroed = jax.tree_util.tree_map_with_path(
+        lambda path, g: jnp.zeros_like(g) if "time_proj" in jax.tree_util.keystr(path) else g, grads
+    )
+    plain, _ = make_optimizer(train)
+    reference, _ = plain.update(zeroed, plain.init(params), params)
+    np.testing.assert_allclose(
+        np.asarray(updates["conv_in"]["kernel"][...]), np.asarray(reference["conv_in"]["kernel"][...]), rtol=1e-6
+    )

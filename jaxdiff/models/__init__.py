@@ -24,6 +24,7 @@ __all__ = [
     "BasicUNet",
     "UNet2D",
     "create_model",
+    "frozen_param_paths",
     "functional",
     "normalize_config",
     "param_count",
@@ -69,6 +70,22 @@ def functional(model: nnx.Module) -> tuple[ApplyFn, nnx.State]:
         return module(x, t, class_labels, rngs=rngs)
 
     return apply_fn, params
+
+
+def frozen_param_paths(model: nnx.Module) -> tuple[tuple[str, ...], ...]:
+    """Paths (as in the ``params`` tree, e.g. ``("time_proj", "weight")``) of the parameters that are never
+    trained: those diffusers creates with ``requires_grad=False`` (the fourier time embedding's weight).
+
+    They travel with the weights but get no optimizer update at all (no weight decay either), as
+    ``torch.optim.AdamW`` skips a parameter without a gradient.
+    """
+    from jaxdiff.models.embeddings import GaussianFourierProjection
+
+    return tuple(
+        tuple(str(k) for k in path) + ("weight",)
+        for path, node in nnx.iter_graph(model)
+        if isinstance(node, GaussianFourierProjection)
+    )
 
 
 def param_count(params_or_model: nnx.State | nnx.Module | Any) -> int:

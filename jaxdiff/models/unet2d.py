@@ -22,6 +22,15 @@ from jaxdiff.models.layers import Downsample2D, Dtype, Upsample2D, conv2d, group
 from jaxdiff.models.resnet import ResnetBlock2D
 
 
+def _attentions(
+    attention: bool, num_layers: int, channels: int, attn_kw: Mapping[str, Any], rngs: nnx.Rngs
+) -> nnx.List | None:
+    """One ``Attention`` after each resnet of a block (``Attn*Block2D``), or None."""
+    if not attention:
+        return None
+    return nnx.List([Attention(channels, **_heads(attn_kw, channels), rngs=rngs) for _ in range(num_layers)])
+
+
 class DownBlock2D(nnx.Module):
     """``DownBlock2D`` / ``AttnDownBlock2D``: resnets (each followed by attention when ``attention``),
     then an optional 2x downsampler (a strided conv, or a resnet with average pooling when
@@ -54,16 +63,7 @@ class DownBlock2D(nnx.Module):
                 for i in range(num_layers)
             ]
         )
-        self.attentions = (
-            nnx.List(
-                [
-                    Attention(out_channels, **_heads(attn_kw, out_channels), rngs=rngs)
-                    for _ in range(num_layers)
-                ]
-            )
-            if attention
-            else None
-        )
+        self.attentions = _attentions(attention, num_layers, out_channels, attn_kw, rngs)
         self.resnet_downsample = False
         down = None
         if add_downsample:
@@ -126,16 +126,7 @@ class UpBlock2D(nnx.Module):
                 ResnetBlock2D(resnet_in + skip_channels, out_channels, temb_channels, **resnet_kw, rngs=rngs)
             )
         self.resnets = nnx.List(resnets)
-        self.attentions = (
-            nnx.List(
-                [
-                    Attention(out_channels, **_heads(attn_kw, out_channels), rngs=rngs)
-                    for _ in range(num_layers)
-                ]
-            )
-            if attention
-            else None
-        )
+        self.attentions = _attentions(attention, num_layers, out_channels, attn_kw, rngs)
         self.resnet_upsample = False
         up = None
         if add_upsample:

@@ -10,6 +10,21 @@ import numpy as np
 from jaxdiff.errors import UserError
 from jaxdiff.schedules import cumprod_f32, make_betas, schedule_kwargs
 
+# __init__ defaults that diffusers' DDPM, DDIM, DPM-Solver and Euler schedulers share (0.42.1): the
+# training noise schedule, and the x_0 thresholding options (not Euler's).
+SCHEDULE_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+}
+THRESHOLDING_DEFAULTS: dict[str, Any] = {
+    "thresholding": False,
+    "dynamic_thresholding_ratio": 0.995,
+    "sample_max_value": 1.0,
+}
+
 
 def train_alphas_cumprod(cfg: Mapping[str, Any]) -> np.ndarray:
     """float32 ``alpha_bar [T]`` of the training schedule a scheduler config describes."""

@@ -13,6 +13,8 @@ import numpy as np
 
 from jaxdiff.errors import UserError
 from jaxdiff.samplers._common import (
+    SCHEDULE_DEFAULTS,
+    THRESHOLDING_DEFAULTS,
     check_choice,
     check_num_steps,
     check_timesteps_in_range,
@@ -26,19 +28,13 @@ CLASS_NAME = "DDIMScheduler"
 
 # DDIMScheduler.__init__ defaults in diffusers 0.42.1.
 DEFAULTS: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "trained_betas": None,
+    **SCHEDULE_DEFAULTS,
+    **THRESHOLDING_DEFAULTS,
     "clip_sample": True,
     "set_alpha_to_one": True,
     "steps_offset": 0,
     "prediction_type": "epsilon",
-    "thresholding": False,
-    "dynamic_thresholding_ratio": 0.995,
     "clip_sample_range": 1.0,
-    "sample_max_value": 1.0,
     "timestep_spacing": "leading",
     "rescale_betas_zero_snr": False,
 }

@@ -17,7 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.errors import UserError
-from jaxdiff.samplers._common import check_choice, check_num_steps, train_alphas_cumprod
+from jaxdiff.samplers._common import (
+    SCHEDULE_DEFAULTS,
+    THRESHOLDING_DEFAULTS,
+    check_choice,
+    check_num_steps,
+    train_alphas_cumprod,
+)
 from jaxdiff.samplers.base import Sampler
 from jaxdiff.samplers.thresholding import PREDICTION_TYPES, X0Clipping, clip_x0
 from jaxdiff.samplers.timesteps import (
@@ -33,16 +39,10 @@ CLASS_NAME = "DPMSolverMultistepScheduler"
 
 # DPMSolverMultistepScheduler.__init__ defaults in diffusers 0.42.1.
 DEFAULTS: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "trained_betas": None,
+    **SCHEDULE_DEFAULTS,
+    **THRESHOLDING_DEFAULTS,
     "solver_order": 2,
     "prediction_type": "epsilon",
-    "thresholding": False,
-    "dynamic_thresholding_ratio": 0.995,
-    "sample_max_value": 1.0,
     "algorithm_type": "dpmsolver++",
     "solver_type": "midpoint",
     "lower_order_final": True,

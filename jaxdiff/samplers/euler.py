@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.errors import UserError
-from jaxdiff.samplers._common import check_choice, check_num_steps, train_alphas_cumprod
+from jaxdiff.samplers._common import SCHEDULE_DEFAULTS, check_choice, check_num_steps, train_alphas_cumprod
 from jaxdiff.samplers.base import Sampler
 from jaxdiff.samplers.timesteps import (
     euler_spaced_timesteps,
@@ -30,11 +30,7 @@ CLASS_NAME = "EulerDiscreteScheduler"
 
 # EulerDiscreteScheduler.__init__ defaults in diffusers 0.42.1.
 DEFAULTS: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "trained_betas": None,
+    **SCHEDULE_DEFAULTS,
     "prediction_type": "epsilon",
     "interpolation_type": "linear",
     "use_karras_sigmas": False,

@@ -164,11 +164,11 @@ def build_components(config: Any, *, check_batch_size: bool = True) -> Component
         mesh_lib.check_batch_size(config.train.batch_size, mesh)
     root = jax.random.PRNGKey(config.seed)
     model_config = run_config.normalized_model_config(config)
-    optimizer, lr_schedule = make_optimizer(config.train)
     with jax.default_device(jax.local_devices(backend="cpu")[0]):
         model = models.create_model(
             config.model, rngs=nnx.Rngs(jax.random.fold_in(root, 0)), dtype=run_config.compute_dtype(config)
         )
+        optimizer, lr_schedule = make_optimizer(config.train, models.frozen_param_paths(model))
         apply_fn, params = models.functional(model)
         host_state = create_train_state(params, optimizer, jax.random.fold_in(root, 1))
     del model

@@ -10,14 +10,17 @@ written with optax's schedules. ``lr(step)`` is the rate used by update number `
 - ``"linear"``: ``lr * (1 - p)``.
 
 The transformation is ``clip_by_global_norm(grad_clip)`` (skipped when ``grad_clip <= 0``) followed by
-``adamw`` (decoupled weight decay on every parameter, like ``torch.optim.AdamW``).
+``adamw`` (decoupled weight decay on every parameter, like ``torch.optim.AdamW``). Frozen parameters
+(``frozen`` paths, see ``jaxdiff.models.frozen_param_paths``) get a zero update and count in neither the
+clipping norm nor the weight decay, as torch treats a parameter with ``requires_grad=False``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import optax
 
 from jaxdiff.errors import UserError
@@ -50,11 +53,24 @@ def make_lr_schedule(
     return optax.join_schedules([warmup, after], boundaries=[warmup_steps])
 
 
-def make_optimizer(train_config: Mapping[str, Any]) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def _path_names(path: tuple[Any, ...]) -> tuple[str, ...]:
+    names = []
+    for key in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                names.append(str(getattr(key, attr)))
+                break
+    return tuple(names)
+
+
+def make_optimizer(
+    train_config: Mapping[str, Any], frozen: Sequence[tuple[str, ...]] = ()
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """``(optimizer, lr_schedule)`` from a config's ``train`` section.
 
     Keys: ``learning_rate``, ``lr_schedule``, ``warmup_steps``, ``num_steps``, ``weight_decay``, ``adam_b1``,
-    ``adam_b2``, ``adam_eps``, ``grad_clip``.
+    ``adam_b2``, ``adam_eps``, ``grad_clip``. ``frozen``: parameter paths (prefixes of the params tree's
+    keys) that are never updated.
     """
     c = train_config
     schedule = make_lr_schedule(
@@ -73,4 +89,16 @@ def make_optimizer(train_config: Mapping[str, Any]) -> tuple[optax.GradientTrans
     grad_clip = float(c["grad_clip"])
     # Always a two-part chain: the optimizer state keeps one structure whether clipping is on or off.
     clip = optax.clip_by_global_norm(grad_clip) if grad_clip > 0 else optax.identity()
-    return optax.chain(clip, adamw), schedule
+    optimizer = optax.chain(clip, adamw)
+    if frozen:
+        frozen = tuple(tuple(p) for p in frozen)
+
+        def labels(params: Any) -> Any:
+            def label(path: tuple[Any, ...], _: Any) -> str:
+                names = _path_names(path)
+                return "frozen" if any(names[: len(p)] == p for p in frozen) else "train"
+
+            return jax.tree_util.tree_map_with_path(label, params)
+
+        optimizer = optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
+    return optimizer, schedule
