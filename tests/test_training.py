@@ -550,5 +550,7 @@ def test_fourier_weight_is_frozen_like_requires_grad_false():
     plain, _ = make_optimizer(train)
     reference, _ = plain.update(zeroed, plain.init(params), params)
     np.testing.assert_allclose(
-        np.asarray(updates["conv_in"]["kernel"][...]), np.asarray(reference["conv_in"]["kernel"][...]), rtol=1e-6
+        np.asarray(updates["conv_in"]["kernel"][...]),
+        np.asarray(reference["conv_in"]["kernel"][...]),
+        rtol=1e-6,
     )
