@@ -1,0 +1,77 @@
+"""Smoke runs of the benchmark scripts (tiny sizes): they must run end to end and write what they promise.
+
+No figure is checked: speed and quality are measured by hand (benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+
+def run_script(name: str, *args: str) -> str:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_speed_script_runs_every_kind_of_row(tmp_path):
+    out = tmp_path / "speed.json"
+    rows = "train:2,forward:2,ddim:2,ddpm:2"
+    args = ["--rows", rows, "--reps", "1", "--sample_reps", "1", "--warmup", "1"]
+    args += ["--train_steps_per_call", "1", "--ddim_steps", "2", "--ddpm_steps", "3", "--json", str(out)]
+    table = run_script("speed.py", *args)
+    for name in ("train b2", "forward b2", "ddim-2 b2", "ddpm-3 b2"):
+        assert f"| {name} |" in table
+    assert "speedup jaxdiff/diffusers" in table
+    result = json.loads(out.read_text())
+    assert [row["name"] for row in result["rows"]] == ["train b2", "forward b2", "ddim-2 b2", "ddpm-3 b2"]
+    for row in result["rows"]:
+        assert len(row["jax_times"]) == len(row["torch_times"]) == 1
+        assert all(t > 0 for t in row["jax_times"] + row["torch_times"])
+    assert result["meta"]["versions"]
+
+
+def test_speed_script_rejects_a_bad_row():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--rows", "train:x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "train:x" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_quality_script_scores_both_sides(tmp_path):
+    out = tmp_path / "quality"
+    args = ["--train_steps", "3", "--warmup_steps", "1", "--curve", "ddim:2", "--holdout", "100"]
+    args += ["--num_samples", "20", "--sample_chunk", "20", "--out", str(out)]
+    run_script("quality.py", *args)
+    result = json.loads((out / "results.json").read_text())
+    assert set(result["sides"]) == {"jaxdiff", "diffusers"}
+    assert result["heldout_size"] == 100
+    assert math.isfinite(result["floor_train_vs_heldout"])
+    for side, data in result["sides"].items():
+        assert math.isfinite(data["scores"]["ddim:2"]["fd"])
+        assert (out / f"{side}_ddim_2.png").stat().st_size > 0
