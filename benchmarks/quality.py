@@ -144,21 +144,11 @@ def to_float(images_u8: np.ndarray) -> np.ndarray:
 
 def train_jaxdiff(config, train_x: np.ndarray, args) -> tuple[Any, Any, dict[str, float]]:
     from jaxdiff.training import loop
-    from jaxdiff.training.ema import make_ema_update
     from jaxdiff.training.mesh import global_batch
-    from jaxdiff.training.step import make_loss_fn, make_train_step
 
     c = loop.build_components(config)
     state = c.init_state()
-    step = make_train_step(
-        apply_fn=c.apply_fn,
-        loss_fn=make_loss_fn(config),
-        optimizer=c.optimizer,
-        lr_schedule=c.lr_schedule,
-        ema_update=make_ema_update(config.train),
-        state_sharding=c.state_sharding,
-        batch_sharding=c.batch_sharding,
-    )
+    step = loop.build_train_step(config, c)
     xs = to_float(train_x)
     labels = np.zeros((args.batch_size,), np.int32)
     start = time.perf_counter()

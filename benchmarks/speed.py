@@ -354,22 +354,12 @@ class Jax:
 
     def train(self, batch: int, bf16: bool, steps: int) -> tuple[Callable[[], None], float, float | None]:
         from jaxdiff.training import loop
-        from jaxdiff.training.ema import make_ema_update
         from jaxdiff.training.mesh import global_batch
-        from jaxdiff.training.step import make_loss_fn, make_train_step
 
         config = self.config(batch, bf16)
         c = loop.build_components(config)
         state = c.init_state()
-        step = make_train_step(
-            apply_fn=c.apply_fn,
-            loss_fn=make_loss_fn(config),
-            optimizer=c.optimizer,
-            lr_schedule=c.lr_schedule,
-            ema_update=make_ema_update(config.train),
-            state_sharding=c.state_sharding,
-            batch_sharding=c.batch_sharding,
-        )
+        step = loop.build_train_step(config, c)
         data = global_batch(
             {"image": self.images(batch), "label": np.zeros((batch,), np.int32)}, c.batch_sharding
         )

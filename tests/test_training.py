@@ -209,21 +209,11 @@ def test_optimizer_matches_torch_adamw_with_clipping():
 def test_train_step_reduces_the_loss_and_reports_metrics():
     from jaxdiff.data import make_train_iterator
     from jaxdiff.training import mesh as mesh_lib
-    from jaxdiff.training.ema import make_ema_update
-    from jaxdiff.training.loop import build_components
-    from jaxdiff.training.step import make_loss_fn, make_train_step
+    from jaxdiff.training.loop import build_components, build_train_step
 
     config = tiny_config()  # 6 steps: warm-up to lr 1e-3 over 2, then cosine
     c = build_components(config)
-    step = make_train_step(
-        apply_fn=c.apply_fn,
-        loss_fn=make_loss_fn(config),
-        optimizer=c.optimizer,
-        lr_schedule=c.lr_schedule,
-        ema_update=make_ema_update(config.train),
-        state_sharding=c.state_sharding,
-        batch_sharding=c.batch_sharding,
-    )
+    step = build_train_step(config, c)
     state = c.init_state()
     initial_params = jax.device_get(state.params)
     batch = next(make_train_iterator(config.data, global_batch_size=8, seed=0))

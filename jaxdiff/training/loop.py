@@ -39,7 +39,14 @@ import numpy as np
 
 from jaxdiff.errors import UserError
 
-__all__ = ["NonFiniteLossError", "TrainResult", "train_and_evaluate", "build_components", "checkpoint_dir"]
+__all__ = [
+    "NonFiniteLossError",
+    "TrainResult",
+    "build_components",
+    "build_train_step",
+    "checkpoint_dir",
+    "train_and_evaluate",
+]
 
 
 class NonFiniteLossError(UserError):
@@ -190,6 +197,26 @@ def build_components(config: Any, *, check_batch_size: bool = True) -> Component
     )
 
 
+def build_train_step(config: Any, components: Components) -> Callable[..., Any]:
+    """The config's jitted train step over ``components`` (its model, optimizer and shardings): the
+    step ``train_and_evaluate`` runs, ``(state, batch) -> (state, metrics)``, donating ``state``."""
+    from jaxdiff.training import config as run_config
+    from jaxdiff.training.ema import make_ema_update
+    from jaxdiff.training.step import make_loss_fn, make_train_step
+
+    c = components
+    return make_train_step(
+        apply_fn=c.apply_fn,
+        loss_fn=make_loss_fn(config),
+        optimizer=c.optimizer,
+        lr_schedule=c.lr_schedule,
+        ema_update=make_ema_update(config.train),
+        state_sharding=c.state_sharding,
+        batch_sharding=c.batch_sharding,
+        class_conditional=run_config.class_conditional(config),
+    )
+
+
 def checkpoint_dir(config: Any, workdir: str) -> str:
     """``train.checkpoint_dir`` (e.g. ``gs://bucket/run``: shared by the hosts of a pod slice), else
     ``<workdir>/checkpoints``."""
@@ -303,8 +330,6 @@ def train_and_evaluate(
     from jaxdiff.training import config as run_config
     from jaxdiff.training import mesh as mesh_lib
     from jaxdiff.training import sampling
-    from jaxdiff.training.ema import make_ema_update
-    from jaxdiff.training.step import make_loss_fn, make_train_step
 
     run_config.validate_config(config)
     workdir = os.path.abspath(os.fspath(workdir))
@@ -321,16 +346,7 @@ def train_and_evaluate(
         process_count=jax.process_count(),
     )
     c = build_components(config)
-    train_step = make_train_step(
-        apply_fn=c.apply_fn,
-        loss_fn=make_loss_fn(config),
-        optimizer=c.optimizer,
-        lr_schedule=c.lr_schedule,
-        ema_update=make_ema_update(tc),
-        state_sharding=c.state_sharding,
-        batch_sharding=c.batch_sharding,
-        class_conditional=run_config.class_conditional(config),
-    )
+    train_step = build_train_step(config, c)
     sampler = sampling.sample_fn_for_config(
         config,
         c.apply_fn,
