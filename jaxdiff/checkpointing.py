@@ -35,6 +35,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from jaxdiff.errors import UserError
+from jaxdiff.tree_paths import path_names
 
 __all__ = [
     "Checkpointer",
@@ -74,18 +75,11 @@ def describe_config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     return ", ".join(diffs) or "(no key differs)"
 
 
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
 def tree_signature(tree: Any) -> dict[str, tuple[int, ...]]:
     """``{"params/a/kernel/value": shape, ...}`` for every array leaf: the same for a train state, its
     abstract twin and orbax's stored metadata of it (dataclass fields and dict keys both become names)."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(_key_name(k) for k in path): tuple(getattr(x, "shape", ())) for path, x in leaves}
+    return {"/".join(path_names(path)): tuple(getattr(x, "shape", ())) for path, x in leaves}
 
 
 def _signature_diff(stored: dict[str, Any], expected: dict[str, Any], limit: int = 3) -> str:

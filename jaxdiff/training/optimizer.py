@@ -24,6 +24,7 @@ import jax
 import optax
 
 from jaxdiff.errors import UserError
+from jaxdiff.tree_paths import path_names
 
 __all__ = ["LR_SCHEDULES", "make_lr_schedule", "make_optimizer"]
 
@@ -51,16 +52,6 @@ def make_lr_schedule(
         return after
     warmup = optax.linear_schedule(0.0, learning_rate, transition_steps=warmup_steps)
     return optax.join_schedules([warmup, after], boundaries=[warmup_steps])
-
-
-def _path_names(path: tuple[Any, ...]) -> tuple[str, ...]:
-    names = []
-    for key in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(key, attr):
-                names.append(str(getattr(key, attr)))
-                break
-    return tuple(names)
 
 
 def make_optimizer(
@@ -95,7 +86,7 @@ def make_optimizer(
 
         def labels(params: Any) -> Any:
             def label(path: tuple[Any, ...], _: Any) -> str:
-                names = _path_names(path)
+                names = path_names(path)
                 return "frozen" if any(names[: len(p)] == p for p in frozen) else "train"
 
             return jax.tree_util.tree_map_with_path(label, params)
