@@ -73,13 +73,7 @@ def build(cfg: Mapping[str, Any], num_inference_steps: int) -> Sampler:
     alpha_bar_prev = np.where(prev >= 0, alphas_cumprod[np.clip(prev, 0, T - 1)], final_alpha_bar)
     options = DDIMOptions(
         prediction_type=cfg["prediction_type"],
-        clipping=X0Clipping(
-            clip_sample=bool(cfg["clip_sample"]),
-            clip_sample_range=float(cfg["clip_sample_range"]),
-            thresholding=bool(cfg["thresholding"]),
-            dynamic_thresholding_ratio=float(cfg["dynamic_thresholding_ratio"]),
-            sample_max_value=float(cfg["sample_max_value"]),
-        ),
+        clipping=X0Clipping.from_config(cfg),
         eta=eta,
         use_clipped_model_output=bool(cfg["use_clipped_model_output"]),
     )

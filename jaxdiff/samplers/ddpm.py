@@ -72,13 +72,7 @@ def build(cfg: Mapping[str, Any], num_inference_steps: int) -> Sampler:
     options = DDPMOptions(
         prediction_type=cfg["prediction_type"],
         variance_type=cfg["variance_type"],
-        clipping=X0Clipping(
-            clip_sample=bool(cfg["clip_sample"]),
-            clip_sample_range=float(cfg["clip_sample_range"]),
-            thresholding=bool(cfg["thresholding"]),
-            dynamic_thresholding_ratio=float(cfg["dynamic_thresholding_ratio"]),
-            sample_max_value=float(cfg["sample_max_value"]),
-        ),
+        clipping=X0Clipping.from_config(cfg),
     )
     return Sampler(
         timesteps=jnp.asarray(timesteps, jnp.int32),

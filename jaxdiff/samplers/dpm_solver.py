@@ -177,11 +177,7 @@ def build(cfg: Mapping[str, Any], num_inference_steps: int) -> Sampler:
         prediction_type=cfg["prediction_type"],
         solver_order=int(cfg["solver_order"]),
         solver_type=_SOLVER_TYPE_ALIASES[cfg["solver_type"]],
-        clipping=X0Clipping(
-            thresholding=bool(cfg["thresholding"]),
-            dynamic_thresholding_ratio=float(cfg["dynamic_thresholding_ratio"]),
-            sample_max_value=float(cfg["sample_max_value"]),
-        ),
+        clipping=X0Clipping.from_config(cfg),
     )
     return Sampler(
         timesteps=jnp.asarray(timesteps, jnp.int32),

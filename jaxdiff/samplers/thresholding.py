@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +31,14 @@ class X0Clipping:
     thresholding: bool = False
     dynamic_thresholding_ratio: float = 0.995
     sample_max_value: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> X0Clipping:
+        """From a scheduler config: its values of these keys (a scheduler without ``clip_sample``, like
+        DPM-Solver, keeps the defaults for the keys it lacks)."""
+        # Each value cast to its field's type (that of the default): bool or float.
+        fields = [f for f in dataclasses.fields(cls) if f.name in cfg]
+        return cls(**{f.name: type(f.default)(cfg[f.name]) for f in fields})
 
 
 def dynamic_threshold(x0: jax.Array, ratio: float, max_value: float) -> jax.Array:
