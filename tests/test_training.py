@@ -236,6 +236,32 @@ def test_train_step_reduces_the_loss_and_reports_metrics():
     assert max(jax.tree.leaves(moved)) > 0
 
 
+def test_non_finite_step_keeps_the_state_bitwise_and_a_good_step_follows():
+    from jaxdiff.data import make_train_iterator
+    from jaxdiff.training import mesh as mesh_lib
+    from jaxdiff.training.ema import make_ema_update
+    from jaxdiff.training.loop import build_components, build_train_step
+
+    config = tiny_config()
+    c = build_components(config)
+    step = build_train_step(config, c)
+    raw = next(make_train_iterator(config.data, global_batch_size=8, seed=0))
+    good = {"image": np.asarray(raw["image"]), "label": np.asarray(raw["label"])}
+    poisoned = dict(good, image=good["image"].copy())
+    poisoned["image"][0, 0, 0, 0] = np.nan
+    state, _ = step(c.init_state(), mesh_lib.global_batch(good, c.batch_sharding))
+    before = jax.device_get(state)  # the step donates its input: keep a host copy
+    state, metrics = step(state, mesh_lib.global_batch(poisoned, c.batch_sharding))
+    assert not bool(metrics["finite"]) and np.isnan(float(metrics["loss"]))
+    after = jax.device_get(state)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), after, before)
+    # The EMA decay reported is the one the refused update would have used.
+    _, decay = make_ema_update(config.train)(before.ema_params, before.params, before.step + 1)
+    assert float(metrics["ema_decay"]) == float(decay)
+    state, metrics = step(state, mesh_lib.global_batch(good, c.batch_sharding))
+    assert bool(metrics["finite"]) and int(state.step) == int(before.step) + 1
+
+
 def test_unknown_objective_and_batch_size_are_user_errors():
     from jaxdiff.training import mesh as mesh_lib
     from jaxdiff.training.step import make_loss_fn
