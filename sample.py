@@ -12,10 +12,14 @@ steps from left (noise) to right (the final step). Bad input prints ``error: <me
 
 import os
 
-from absl import flags
+from jaxdiff.allocator import relaunch_under_mimalloc
 
-import jaxdiff  # noqa: F401  (first: sets CPU XLA flags before JAX starts a backend)
-from jaxdiff.training import cli
+relaunch_under_mimalloc()  # first: re-runs this command under mimalloc (see jaxdiff/allocator.py)
+
+from absl import flags  # noqa: E402
+
+import jaxdiff  # noqa: F401, E402  (first: sets CPU XLA flags before JAX starts a backend)
+from jaxdiff.training import cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py run directory: its newest checkpoint is used.")
 _PRETRAINED = flags.DEFINE_string("pretrained", None, "A diffusers pipeline folder or UNet2DModel folder.")

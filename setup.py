@@ -27,6 +27,8 @@ setup(
         "tqdm>=4.66",
         "scikit-learn>=1.4",
         "tensorboardX>=2.6",
+        # jaxdiff.allocator: the CLIs run under mimalloc (XLA re-allocates its CPU arena every step).
+        "cmeel-mimalloc>=3.2; sys_platform == 'linux' and platform_machine == 'x86_64'",
     ],
     extras_require={
         # The peers the test-suite checks against run on the CPU: torch's CPU wheel.

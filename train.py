@@ -9,11 +9,15 @@ status 2. On several hosts (a TPU pod slice, Slurm) run the same command on ever
 
 import os
 
-from absl import flags
-from ml_collections import config_flags
+from jaxdiff.allocator import relaunch_under_mimalloc
 
-import jaxdiff  # noqa: F401  (first: sets CPU XLA flags before JAX starts a backend)
-from jaxdiff.training import cli
+relaunch_under_mimalloc()  # first: re-runs this command under mimalloc (see jaxdiff/allocator.py)
+
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+import jaxdiff  # noqa: F401, E402  (first: sets CPU XLA flags before JAX starts a backend)
+from jaxdiff.training import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/digits.py.", lock_config=True

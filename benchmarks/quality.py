@@ -33,6 +33,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxdiff.allocator import active as mimalloc_active  # noqa: E402
+from jaxdiff.allocator import relaunch_under_mimalloc  # noqa: E402
+
+relaunch_under_mimalloc()  # as train.py does: both sides run under mimalloc
+
 import jaxdiff  # noqa: E402,F401  (adds jaxdiff's CPU XLA flags; JAX has no backend yet)
 
 DEFAULT_CURVE = "ddpm:10,25,50,100,1000;ddim:10,25,50,100;dpm++:10,25,50;euler:10,25,50,100"
@@ -332,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         "heldout_size": len(ho_x),
         "versions": {"jax": jax.__version__, "torch": torch.__version__},
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "allocator": "mimalloc" if mimalloc_active() else "glibc malloc",
         "sides": {},
     }
     print(

@@ -42,6 +42,12 @@ from typing import Any
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jaxdiff.allocator import active as mimalloc_active  # noqa: E402
+from jaxdiff.allocator import relaunch_under_mimalloc  # noqa: E402
+
+# As train.py does: the whole process (both libraries) runs under mimalloc (JAXDIFF_NO_MIMALLOC=1: glibc).
+relaunch_under_mimalloc()
+
 import jaxdiff  # noqa: E402  (first: adds jaxdiff's CPU XLA flags before JAX creates a backend)
 
 XLA_FLAGS_AT_START = os.environ.get("XLA_FLAGS", "")
@@ -479,6 +485,7 @@ def render(rows: list[Row], meta: dict[str, Any], peak_override: float | None) -
         "threads",
         "versions",
         "XLA_FLAGS",
+        "allocator",
         "load_before",
         "load_after",
         "options",
@@ -583,6 +590,7 @@ def main(argv: list[str] | None = None) -> None:
             f"diffusers {diffusers.__version__}, python {platform.python_version()}"
         ),
         "XLA_FLAGS": repr(XLA_FLAGS_AT_START),
+        "allocator": "mimalloc (LD_PRELOAD, both libraries)" if mimalloc_active() else "glibc malloc",
         "load_before": load_average(),
         "options": (
             f"reps {args.reps}, train_steps_per_call {args.train_steps_per_call}, "

@@ -12,6 +12,8 @@ Submodules (one idea each):
   checkpointing  orbax CheckpointManager with the data iterator
   cpu_tuning  faster XLA CPU flags, added to XLA_FLAGS at import unless the user set them
               (opt out: JAXDIFF_NO_XLA_TUNING=1)
+  allocator   train.py / sample.py re-run themselves under mimalloc (XLA re-allocates its CPU
+              arena every step; opt out: JAXDIFF_NO_MIMALLOC=1)
 """
 
 # Before anything creates a JAX backend: XLA reads XLA_FLAGS once, at backend creation.
