@@ -18,7 +18,7 @@ relaunch_under_mimalloc()  # first: re-runs this command under mimalloc (see jax
 
 from absl import flags  # noqa: E402
 
-import jaxdiff  # noqa: F401, E402  (first: sets CPU XLA flags before JAX starts a backend)
+import jaxdiff  # noqa: F401, E402  (before JAX starts a backend: sets the CPU XLA flags)
 from jaxdiff.training import cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py run directory: its newest checkpoint is used.")

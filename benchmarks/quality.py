@@ -30,13 +30,13 @@ from typing import Any
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
 from jaxdiff.allocator import active as mimalloc_active  # noqa: E402
 from jaxdiff.allocator import relaunch_under_mimalloc  # noqa: E402
 
-relaunch_under_mimalloc()  # as train.py does: both sides run under mimalloc
+relaunch_under_mimalloc()  # first, as train.py does: both sides run under mimalloc
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 import jaxdiff  # noqa: E402,F401  (adds jaxdiff's CPU XLA flags; JAX has no backend yet)
 

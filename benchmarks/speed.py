@@ -48,7 +48,7 @@ from jaxdiff.allocator import relaunch_under_mimalloc  # noqa: E402
 # As train.py does: the whole process (both libraries) runs under mimalloc (JAXDIFF_NO_MIMALLOC=1: glibc).
 relaunch_under_mimalloc()
 
-import jaxdiff  # noqa: E402  (first: adds jaxdiff's CPU XLA flags before JAX creates a backend)
+import jaxdiff  # noqa: E402  (adds jaxdiff's CPU XLA flags before JAX creates a backend)
 
 XLA_FLAGS_AT_START = os.environ.get("XLA_FLAGS", "")
 

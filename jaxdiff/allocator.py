@@ -6,7 +6,8 @@ and unmaps it on ``free``, so every step page-faults the whole arena in again an
 (~148,000 faults and 15-20% of the CPU time per step on a 2-core machine). mimalloc, told never to hand
 freed memory back to the OS (``MIMALLOC_PURGE_DELAY=-1``), serves the next step from the same pages:
 the course UNet trains 1.17x (batch 16) and 1.25x (batch 64) faster; torch in the same process moves
-within noise (see ``benchmarks/RESULTS.md``). Intel's PyTorch CPU guides preload tcmalloc or jemalloc for the same reason.
+within noise (see ``benchmarks/RESULTS.md``). Intel's PyTorch CPU guides preload tcmalloc or jemalloc
+for the same reason.
 
 A malloc replacement only takes effect when the dynamic loader puts it first, at process start, so
 :func:`relaunch_under_mimalloc` re-executes the program with ``LD_PRELOAD`` set; ``train.py``,
@@ -87,9 +88,7 @@ def relaunch_under_mimalloc(argv: Sequence[str] | None = None) -> None:
     env = preload_environment()
     if env is None:
         return
-    args = list(sys.orig_argv if argv is None else argv)
-    if not args or args[0] != sys.executable:
-        args = [sys.executable, *args[1:]]
+    args = [sys.executable, *(sys.orig_argv if argv is None else argv)[1:]]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, args, env)
