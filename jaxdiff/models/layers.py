@@ -15,8 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import lax
 
 from jaxdiff.errors import UserError
+from jaxdiff.models import winograd
 
 Dtype = jnp.dtype | type
 Activation = Callable[[jax.Array], jax.Array]
@@ -89,9 +91,15 @@ def conv2d(
     param_dtype: Dtype = jnp.float32,
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
-    """An NHWC convolution laid out like ``torch.nn.Conv2d`` (explicit symmetric padding by default)."""
+    """An NHWC convolution laid out like ``torch.nn.Conv2d`` (explicit symmetric padding by default).
+
+    On a CPU, evaluating a float32 3x3 stride-1 convolution runs Winograd F(2x2, 3x3) (:mod:`.winograd`:
+    same parameters, same results up to float rounding; gradients stay XLA's) unless
+    ``JAXDIFF_NO_WINOGRAD=1`` is set when the model is built.
+    """
     if isinstance(padding, int):
         padding = ((padding, padding), (padding, padding))
+    conv_fn = winograd.conv_general_dilated if winograd.enabled() else lax.conv_general_dilated
     return nnx.Conv(
         in_channels,
         out_channels,
@@ -103,6 +111,7 @@ def conv2d(
         param_dtype=param_dtype,
         kernel_init=torch_kernel_init,
         bias_init=torch_bias_init(in_channels * kernel_size * kernel_size),
+        conv_general_dilated=conv_fn,
         rngs=rngs,
     )
 
@@ -137,7 +146,17 @@ def _group_sums(per_channel: jax.Array, num_groups: int) -> jax.Array:
 
 def _to_channels(per_group: jax.Array, group_size: int) -> jax.Array:
     """``[B, G]`` -> ``[B, 1, 1, C]``: each group's value repeated over its channels."""
-    return jnp.repeat(per_group, group_size, axis=-1)[:, None, None, :]
+
+    def by_matmul(v: jax.Array) -> jax.Array:
+        # On a CPU, XLA fuses a repeat into the consumer and redoes the per-group arithmetic (rsqrt...)
+        # for every pixel; a dot's result is materialised once. Exact: a product with a 0/1 matrix.
+        expand = jnp.repeat(jnp.eye(v.shape[-1], dtype=v.dtype), group_size, axis=1)  # [G, C]
+        return jnp.dot(v, expand, precision=lax.Precision.HIGHEST)
+
+    def by_repeat(v: jax.Array) -> jax.Array:
+        return jnp.repeat(v, group_size, axis=-1)
+
+    return jax.lax.platform_dependent(per_group, cpu=by_matmul, default=by_repeat)[:, None, None, :]
 
 
 def _group_norm_fwd(x, scale, bias, num_groups, eps):
