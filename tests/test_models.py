@@ -311,3 +311,29 @@ def test_basic_unet_matches_the_course_model():
     np.testing.assert_array_equal(out, apply_fn(params, jnp.asarray(x), jnp.array([900, 0])))
     rt = params_to_state_dict(params)
     assert all(np.array_equal(rt[k], v) for k, v in numpy_state_dict(reference).items())
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 6, 3), (1, 4, 4, 8)])
+def test_upsample_conv_by_phases_equals_conv_of_the_upsampled_image(shape):
+    """Upsample2D's four 2x2 phase convolutions compute conv3x3(nearest_2x(x)), values and gradients."""
+    from jax import lax
+
+    from jaxdiff.models import layers
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, shape[-1], 5)), jnp.float32)
+
+    def reference(x, k):
+        up = layers.upsample_nearest_2x(x)
+        return lax.conv_general_dilated(
+            up, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    ours = layers.upsample_nearest_2x_conv3x3(x, k)
+    assert ours.shape == (shape[0], 2 * shape[1], 2 * shape[2], 5)
+    np.testing.assert_allclose(ours, reference(x, k), rtol=1e-5, atol=1e-5)
+    g_ours = jax.grad(lambda x, k: jnp.sum(jnp.sin(layers.upsample_nearest_2x_conv3x3(x, k))), (0, 1))(x, k)
+    g_ref = jax.grad(lambda x, k: jnp.sum(jnp.sin(reference(x, k))), (0, 1))(x, k)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -337,4 +337,40 @@ class Upsample2D(nnx.Module):
         self.conv = conv2d(channels, channels, 3, padding=1, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.conv(upsample_nearest_2x(x))
+        conv = self.conv
+        y = upsample_nearest_2x_conv3x3(x.astype(conv.dtype), conv.kernel[...])
+        return y + conv.bias[...].astype(y.dtype) if conv.bias is not None else y
+
+
+def _pair_taps(k: jax.Array, phase: int, axis: int) -> jax.Array:
+    """The 2 taps along ``axis`` that a 3-tap kernel becomes over a nearest-2x-upsampled axis: output
+    phase 0 reads low-resolution positions (i-1, i) with taps (k0, k1 + k2), phase 1 reads (i, i+1)
+    with (k0 + k1, k2)."""
+    k0, k1, k2 = (lax.index_in_dim(k, i, axis, keepdims=False) for i in range(3))
+    return jnp.stack([k0, k1 + k2] if phase == 0 else [k0 + k1, k2], axis=axis)
+
+
+def upsample_nearest_2x_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``conv3x3(upsample_nearest_2x(x))`` with padding 1, without the upsampled image: ``[B, H, W, C]``,
+    HWIO ``[3, 3, C, D]`` -> ``[B, 2H, 2W, D]``.
+
+    Each of the four output phases (even / odd row x even / odd column) is a 2x2 convolution of ``x``
+    with taps summed from the 3x3 kernel (:func:`_pair_taps`): 16 multiplies per output pixel group
+    instead of 36, the same sums up to float rounding (2.1-2.3x faster forward, 1.7-2.3x forward and
+    backward on the CPU for the course UNet's three upsamplers). Taps are summed in the kernel's dtype.
+    """
+    pads = ((1, 0), (0, 1))  # phase 0 reads (i-1, i), phase 1 reads (i, i+1)
+    rows = []
+    for a in range(2):
+        cols = []
+        for b in range(2):
+            k = _pair_taps(_pair_taps(kernel, a, 0), b, 1).astype(x.dtype)
+            cols.append(
+                lax.conv_general_dilated(
+                    x, k, (1, 1), (pads[a], pads[b]), dimension_numbers=("NHWC", "HWIO", "NHWC")
+                )
+            )
+        rows.append(jnp.stack(cols, axis=3))  # [B, H, W, 2 (column phase), D]
+    y = jnp.stack(rows, axis=2)  # [B, H, 2 (row phase), W, 2, D]
+    b_, h, _, w, _, d = y.shape
+    return y.reshape(b_, 2 * h, 2 * w, d)
