@@ -126,24 +126,32 @@ def _as_tuple(value: Sequence[int] | None) -> tuple[int, ...]:
     return (1, 1) if value is None else tuple(value)
 
 
+# lax.conv_general_dilated's keyword arguments and the values under which Winograd computes the call.
+_ELIGIBLE_OPTIONS = {
+    "lhs_dilation": lambda v: _as_tuple(v) == (1, 1),
+    "rhs_dilation": lambda v: _as_tuple(v) == (1, 1),
+    "dimension_numbers": lambda v: v is not None,  # checked against the shapes below
+    "feature_group_count": lambda v: v == 1,
+    "batch_group_count": lambda v: v == 1,
+    "precision": lambda v: True,  # float32 on a CPU is exact whatever the requested precision
+    "preferred_element_type": lambda v: v is None or v == jnp.float32,
+    "out_sharding": lambda v: v is None,
+}
+
+
 def is_eligible(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    window_strides: Sequence[int],
-    padding: Any,
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers: Any = None,
-    feature_group_count: int = 1,
-    batch_group_count: int = 1,
+    lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any, **options: Any
 ) -> bool:
-    """Whether :func:`winograd_conv3x3` computes this ``lax.conv_general_dilated`` call."""
+    """Whether :func:`winograd_conv3x3` computes ``lax.conv_general_dilated(lhs, rhs, window_strides,
+    padding, **options)``."""
     if lhs.ndim != 4 or rhs.ndim != 4 or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32:
         return False
-    if dimension_numbers is None or isinstance(padding, str):
+    if "dimension_numbers" not in options or isinstance(padding, str):
+        return False
+    if not all(key in _ELIGIBLE_OPTIONS and _ELIGIBLE_OPTIONS[key](v) for key, v in options.items()):
         return False
     try:
-        if lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC:
+        if lax.conv_dimension_numbers(lhs.shape, rhs.shape, options["dimension_numbers"]) != _NHWC:
             return False
         pads = tuple(tuple(p) for p in padding)
     except (TypeError, ValueError):
@@ -153,10 +161,6 @@ def is_eligible(
         tuple(rhs.shape[:3]) == (3, 3, c)
         and tuple(window_strides) == (1, 1)
         and pads == ((1, 1), (1, 1))
-        and _as_tuple(lhs_dilation) == (1, 1)
-        and _as_tuple(rhs_dilation) == (1, 1)
-        and feature_group_count == 1
-        and batch_group_count == 1
         and h % 2 == 0
         and w % 2 == 0
         and h * w >= MIN_PIXELS
@@ -164,53 +168,15 @@ def is_eligible(
 
 
 def conv_general_dilated(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    window_strides: Sequence[int],
-    padding: Any,
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers: Any = None,
-    feature_group_count: int = 1,
-    batch_group_count: int = 1,
-    precision: Any = None,
-    preferred_element_type: Any = None,
-    out_sharding: Any = None,
+    lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any, **options: Any
 ) -> jax.Array:
-    """``lax.conv_general_dilated`` (same signature and result up to float rounding) that runs an eligible
-    call (:func:`is_eligible`) as :func:`winograd_conv3x3` on a CPU and as XLA's convolution elsewhere."""
+    """``lax.conv_general_dilated`` (same arguments, same result up to float rounding) that runs an
+    eligible call (:func:`is_eligible`) as :func:`winograd_conv3x3` on a CPU and as XLA's convolution
+    elsewhere. ``options``: ``lax.conv_general_dilated``'s keyword arguments."""
 
     def direct(x: jax.Array, k: jax.Array) -> jax.Array:
-        return lax.conv_general_dilated(
-            x,
-            k,
-            window_strides,
-            padding,
-            lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count,
-            batch_group_count=batch_group_count,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-            out_sharding=out_sharding,
-        )
+        return lax.conv_general_dilated(x, k, window_strides, padding, **options)
 
-    eligible = (
-        out_sharding is None
-        and preferred_element_type in (None, jnp.float32)
-        and is_eligible(
-            lhs,
-            rhs,
-            window_strides,
-            padding,
-            lhs_dilation,
-            rhs_dilation,
-            dimension_numbers,
-            feature_group_count,
-            batch_group_count,
-        )
-    )
-    if not eligible:
+    if not is_eligible(lhs, rhs, window_strides, padding, **options):
         return direct(lhs, rhs)
     return lax.platform_dependent(lhs, rhs, cpu=winograd_conv3x3, default=direct)
