@@ -26,14 +26,14 @@ import os
 import sys
 from collections.abc import MutableMapping, Sequence
 
+from jaxdiff.cpu_tuning import opted_out
+
 OPT_OUT_ENV = "JAXDIFF_NO_MIMALLOC"
 DISTRIBUTION = "cmeel-mimalloc"
 LIBRARY = "cmeel.prefix/lib/libmimalloc.so"
 ALLOCATOR_NAMES = ("mimalloc", "tcmalloc", "jemalloc")
 # Never give freed pages back to the OS: XLA frees and re-allocates its arena every execution.
 MIMALLOC_DEFAULTS = {"MIMALLOC_PURGE_DELAY": "-1"}
-
-_TRUE = {"1", "true", "yes", "on"}
 
 
 def library_path() -> str | None:
@@ -63,7 +63,7 @@ def preload_environment(environ: MutableMapping[str, str] | None = None) -> dict
     env = os.environ if environ is None else environ
     if not sys.platform.startswith("linux"):
         return None
-    if env.get(OPT_OUT_ENV, "").strip().lower() in _TRUE:
+    if opted_out(OPT_OUT_ENV, env):
         return None
     if preloaded_allocator(env) is not None:
         return None

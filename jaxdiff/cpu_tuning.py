@@ -22,7 +22,7 @@ import logging
 import mmap
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,13 @@ CPU_XLA_FLAGS: tuple[tuple[str, str, tuple[bytes, ...]], ...] = (
 )
 
 _TRUE = {"1", "true", "yes", "on"}
+
+
+def opted_out(variable: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment variable ``variable`` switches a jaxdiff speed setting off ("1", "true",
+    "yes" or "on"; ``JAXDIFF_NO_XLA_TUNING``, ``JAXDIFF_NO_MIMALLOC``, ``JAXDIFF_NO_WINOGRAD``)."""
+    env = os.environ if environ is None else environ
+    return env.get(variable, "").strip().lower() in _TRUE
 
 
 def _backend_initialised() -> bool:
@@ -132,7 +139,7 @@ def apply_cpu_defaults(environ: dict[str, str] | None = None) -> list[str]:
       The flags that were added (``["--name=value", ...]``); empty if none was.
     """
     env = os.environ if environ is None else environ
-    if env.get(OPT_OUT_ENV, "").strip().lower() in _TRUE:
+    if opted_out(OPT_OUT_ENV, env):
         logger.debug("%s is set: XLA_FLAGS left as it is", OPT_OUT_ENV)
         return []
     if _backend_initialised():

@@ -337,10 +337,15 @@ class Upsample2D(nnx.Module):
         self.conv = conv2d(channels, channels, 3, padding=1, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = self.conv
-        kernel = conv.kernel[...]
-        y = upsample_nearest_2x_conv3x3(x.astype(conv.dtype or jnp.result_type(x, kernel)), kernel)
-        return y + conv.bias[...].astype(y.dtype) if conv.bias is not None else y
+        return conv_of_upsampled(self.conv, x)
+
+
+def conv_of_upsampled(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    """``conv(upsample_nearest_2x(x))`` for a 3x3, padding-1 ``conv`` from :func:`conv2d`, by
+    :func:`upsample_nearest_2x_conv3x3` (the upsampled image is never made)."""
+    kernel = conv.kernel[...]
+    y = upsample_nearest_2x_conv3x3(x.astype(conv.dtype or jnp.result_type(x, kernel)), kernel)
+    return y + conv.bias[...].astype(y.dtype) if conv.bias is not None else y
 
 
 def _pair_taps(k: jax.Array, phase: int, axis: int) -> jax.Array:

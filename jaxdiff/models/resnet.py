@@ -11,6 +11,7 @@ from jaxdiff.models.layers import (
     Dtype,
     avg_pool_2x,
     conv2d,
+    conv_of_upsampled,
     group_norm,
     linear,
     upsample_nearest_2x,
@@ -67,10 +68,11 @@ class ResnetBlock2D(nnx.Module):
     def __call__(self, x: jax.Array, temb: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         h = self.act(self.norm1(x))
         if self.up:
-            x, h = upsample_nearest_2x(x), upsample_nearest_2x(h)
+            x, h = upsample_nearest_2x(x), conv_of_upsampled(self.conv1, h)
         elif self.down:
-            x, h = avg_pool_2x(x), avg_pool_2x(h)
-        h = self.conv1(h)
+            x, h = avg_pool_2x(x), self.conv1(avg_pool_2x(h))
+        else:
+            h = self.conv1(h)
         t = self.time_emb_proj(self.act(temb))[:, None, None, :]
         if self.scale_shift:
             scale, shift = jnp.split(t, 2, axis=-1)

@@ -31,13 +31,14 @@ exactly what it computed before.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jaxdiff.cpu_tuning import opted_out
 
 __all__ = [
     "MIN_PIXELS",
@@ -52,7 +53,6 @@ __all__ = [
 ]
 
 OPT_OUT_ENV = "JAXDIFF_NO_WINOGRAD"
-_TRUE = {"1", "true", "yes", "on"}
 MIN_PIXELS = 64  # 8x8; below it XLA's convolution was faster (benchmarks/RESULTS.md)
 
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
@@ -63,7 +63,7 @@ _AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 
 def enabled() -> bool:
     """Whether models built now use Winograd convolutions on a CPU (``JAXDIFF_NO_WINOGRAD=1``: no)."""
-    return os.environ.get(OPT_OUT_ENV, "").strip().lower() not in _TRUE
+    return not opted_out(OPT_OUT_ENV)
 
 
 def _combine(matrix: Sequence[Sequence[float]], xs: Sequence[jax.Array], axis: int) -> jax.Array:
