@@ -18,8 +18,8 @@ direct convolution's (the tests bound both against a float64 reference). (F(4x4,
 multiplies but loses ~4 bits and was no faster in the whole UNet here.)
 
 Where it is used (:func:`conv_general_dilated`): float32, a 3x3 kernel, stride 1, padding 1 on each
-side, no dilation, one feature group, NHWC input / HWIO kernel, even height and width of at least 8x8
-pixels (below that the transforms cost more than the multiplies they save), and the CPU
+side, no dilation, one feature group, NHWC input / HWIO kernel, even height and width with H * W of at
+least 64 pixels, as in 8x8 (below that the transforms cost more than the multiplies they save), and the CPU
 (``lax.platform_dependent``; other platforms keep XLA's convolution).
 
 Only evaluation takes this path. Differentiating it (``jax.grad``, ``jax.jvp``) goes through XLA's own
