@@ -158,6 +158,13 @@ class Checkpointer:
                 "data": _grain_handler(),
             },
         )
+        # Orbax removes unfinished writes in a background thread and waits for it only in its next save:
+        # a run that stops before saving (a refused workdir, nothing left to train) would shut the
+        # interpreter down under that thread, which then prints a traceback. Finish it here.
+        cleanup = getattr(self._manager, "_cleanup_tmp_directory_future", None)
+        if cleanup is not None:
+            cleanup.result()
+            self._manager._cleanup_tmp_directory_future = None
 
     # -- inspection ---------------------------------------------------------------------------------------
 

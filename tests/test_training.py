@@ -401,6 +401,8 @@ def test_damaged_or_partial_latest_checkpoint_falls_back_to_the_previous_one(tmp
             path.write_bytes(b"garbage")
 
     with Checkpointer(tmp_path / "ckpt", max_to_keep=5, log=reports.append) as ckpt:
+        # Removed before the constructor returns, not by a thread that could outlive a failing run.
+        assert not (tmp_path / "ckpt" / "4.orbax-checkpoint-tmp-123").exists()
         assert ckpt.all_steps() == [1, 2, 3]
         restored = ckpt.restore(_abstract(_small_state(0.0)))
         assert restored.step == 2
@@ -410,6 +412,29 @@ def test_damaged_or_partial_latest_checkpoint_falls_back_to_the_previous_one(tmp
     assert any("checkpoint 3 is damaged" in r for r in reports), reports
     assert not (tmp_path / "ckpt" / "4.orbax-checkpoint-tmp-123").exists()
     assert len(list((tmp_path / "ckpt.damaged").iterdir())) == 1
+
+
+def test_unfinished_writes_are_removed_before_a_run_can_stop(tmp_path, monkeypatch):
+    """Orbax removes unfinished writes in a background thread: a run refused before its first save must
+    not exit while that thread still works (interpreter shutdown makes it print a traceback)."""
+    import asyncio
+
+    from orbax.checkpoint._src.path import temporary_paths
+
+    from jaxdiff.checkpointing import Checkpointer
+
+    listed = temporary_paths.is_path_temporary
+
+    async def slow_listing(*args, **kwargs):  # a loaded machine, or a bucket far away
+        await asyncio.sleep(1.0)
+        return await listed(*args, **kwargs)
+
+    monkeypatch.setattr(temporary_paths, "is_path_temporary", slow_listing)
+    unfinished = tmp_path / "ckpt" / "4.orbax-checkpoint-tmp-123"
+    unfinished.mkdir(parents=True)
+    ckpt = Checkpointer(tmp_path / "ckpt", log=lambda message: None)
+    assert not unfinished.exists()
+    ckpt.close()
 
 
 def test_checkpoint_of_another_structure_is_refused_without_moving_it(tmp_path):
