@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff.errors import UserError
+from jaxdiff.losses import TrainingLoss
 
 __all__ = ["corrupt", "from_scratch_noise", "make_from_scratch_loss", "from_scratch_sample"]
 
@@ -63,7 +64,7 @@ def from_scratch_noise(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.
     return jax.random.uniform(key, shape, dtype)
 
 
-def make_from_scratch_loss() -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
+def make_from_scratch_loss() -> TrainingLoss:
     """The course's training objective: predict the clean image from a randomly corrupted one (MSE).
 
     Returns ``loss_fn(apply_fn, params, x0, key, class_labels=None) -> (loss, aux)``, the same signature as
@@ -78,24 +79,27 @@ def make_from_scratch_loss() -> Callable[..., tuple[jax.Array, dict[str, jax.Arr
       holds ``"mse"`` (the same value) and ``"mean_amount"``.
     """
 
-    def loss_fn(
+    def draw(key: jax.Array, x0: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
+        amount_key, noise_key, dropout_key = jax.random.split(key, 3)
+        amount = jax.random.uniform(amount_key, x0.shape[:1], jnp.float32)
+        return {"amount": amount, "noise": from_scratch_noise(noise_key, x0.shape, jnp.float32)}, dropout_key
+
+    def evaluate(
         apply_fn: ApplyFn,
         params: Any,
         x0: jax.Array,
-        key: jax.Array,
+        draws: dict[str, jax.Array],
+        dropout_key: jax.Array,
         class_labels: jax.Array | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        amount_key, noise_key, dropout_key = jax.random.split(key, 3)
-        batch = x0.shape[0]
-        amount = jax.random.uniform(amount_key, (batch,), jnp.float32)
-        noise = from_scratch_noise(noise_key, x0.shape, jnp.float32)
-        noisy = corrupt(x0, amount, noise)
-        t = jnp.zeros((batch,), jnp.int32)
+        amount = draws["amount"]
+        noisy = corrupt(x0, amount, draws["noise"])
+        t = jnp.zeros(x0.shape[:1], jnp.int32)
         pred = apply_fn(params, noisy, t, class_labels, key=dropout_key)
         mse = jnp.mean(jnp.square(pred.astype(jnp.float32) - x0.astype(jnp.float32)))
         return mse, {"mse": mse, "mean_amount": jnp.mean(amount)}
 
-    return loss_fn
+    return TrainingLoss(draw=draw, evaluate=evaluate)
 
 
 def from_scratch_sample(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,36 @@ LOSS_WEIGHTINGS = ("none", "min_snr")
 
 ApplyFn = Callable[..., jax.Array]
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingLoss:
+    """A training loss split at its randomness, so that a train step can draw it for the whole batch and
+    evaluate the loss on slices of the batch (microbatches) with the same numbers.
+
+    ``loss(apply_fn, params, x0, key, class_labels=None) -> (loss, aux)`` is
+    ``evaluate(apply_fn, params, x0, *draw(key, x0), class_labels)``.
+
+    Attributes:
+      draw: ``(key, x0 [B, H, W, C]) -> (draws, dropout_key)``: ``draws`` a dict of per-example arrays
+        (leading dimension ``B``), ``dropout_key`` the key given to the model.
+      evaluate: ``(apply_fn, params, x0, draws, dropout_key, class_labels) -> (loss, aux)``, the loss a
+        mean over the examples (so the mean of equal microbatches' losses is the batch's loss).
+    """
+
+    draw: Callable[[jax.Array, jax.Array], tuple[dict[str, jax.Array], jax.Array]]
+    evaluate: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+
+    def __call__(
+        self,
+        apply_fn: ApplyFn,
+        params: Any,
+        x0: jax.Array,
+        key: jax.Array,
+        class_labels: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        draws, dropout_key = self.draw(key, x0)
+        return self.evaluate(apply_fn, params, x0, draws, dropout_key, class_labels)
 
 
 def _check(prediction_type: str, loss_weighting: str = "none") -> None:
@@ -110,37 +141,42 @@ def make_diffusion_loss(
     prediction_type: str = "epsilon",
     loss_weighting: str = "none",
     snr_gamma: float = 5.0,
-) -> LossFn:
+) -> TrainingLoss:
     """``loss_fn(apply_fn, params, x0, key, class_labels=None) -> (loss, aux)`` for DDPM-style training.
 
     ``key`` is split into three: ``t ~ U{0, ..., T-1}`` per example, standard normal noise of ``x0``'s
-    shape and dtype, and the dropout key given to ``apply_fn``. See ``diffusion_loss`` for the rest.
+    shape and dtype, and the dropout key given to ``apply_fn``. See ``diffusion_loss`` for the rest. The
+    result is a :class:`TrainingLoss` (its ``draw`` returns ``{"t": [B], "noise": x0's shape}``).
     """
     _check(prediction_type, loss_weighting)
     num_train_timesteps = schedule.num_train_timesteps
 
-    def loss_fn(
-        apply_fn: ApplyFn,
-        params: Any,
-        x0: jax.Array,
-        key: jax.Array,
-        class_labels: jax.Array | None = None,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def draw(key: jax.Array, x0: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
         key_t, key_noise, key_dropout = jax.random.split(key, 3)
         t = jax.random.randint(key_t, x0.shape[:1], 0, num_train_timesteps)
         noise = jax.random.normal(key_noise, x0.shape, x0.dtype)
+        return {"t": t, "noise": noise}, key_dropout
+
+    def evaluate(
+        apply_fn: ApplyFn,
+        params: Any,
+        x0: jax.Array,
+        draws: dict[str, jax.Array],
+        dropout_key: jax.Array,
+        class_labels: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
         return diffusion_loss(
             schedule,
             apply_fn,
             params,
             x0,
-            t,
-            noise,
-            key_dropout,
+            draws["t"],
+            draws["noise"],
+            dropout_key,
             class_labels,
             prediction_type=prediction_type,
             loss_weighting=loss_weighting,
             snr_gamma=snr_gamma,
         )
 
-    return loss_fn
+    return TrainingLoss(draw=draw, evaluate=evaluate)

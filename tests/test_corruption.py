@@ -211,7 +211,7 @@ def test_from_scratch_config_trains_with_the_train_loop(tmp_path):
     from jaxdiff.training.step import make_loss_fn
 
     config = _load_config("from_scratch")
-    assert make_loss_fn(config).__qualname__.startswith("make_from_scratch_loss.")
+    assert make_loss_fn(config).evaluate.__qualname__.startswith("make_from_scratch_loss.")
     config.data.image_size = config.model.sample_size = 16
     config.train.batch_size = 8
     config.train.num_steps = 3

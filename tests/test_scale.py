@@ -6,7 +6,9 @@ config (``tests/_tiny_config.py``, global batch 8, dropout on):
 
 - 1 CPU device;
 - 8 simulated CPU devices, mesh ``data=8`` (pure data parallelism);
-- 8 simulated CPU devices, mesh ``data=4 x fsdp=2`` (parameters sharded).
+- 8 simulated CPU devices, mesh ``data=4 x fsdp=2`` (parameters sharded);
+- microbatches, without dropout at global batch 16: 1 device in 4 passes of 4 images against 8 devices
+  in 2 passes of 1 image each.
 
 Only the summation order of the gradient's all-reduce differs, so the losses agree to float rounding.
 AdamW divides each gradient element by its running RMS, which turns a rounding-level difference of a
@@ -44,15 +46,20 @@ def _losses(workdir):
 def test_eight_devices_and_fsdp_match_one_device(tmp_path, tmp_path_factory):
     cache = shared_cache_dir(tmp_path_factory)
     one, dp, fsdp = tmp_path / "one", tmp_path / "dp", tmp_path / "fsdp"
-    _train([{"workdir": str(one), "stop_at_step": STEPS, "out": str(one)}], cache, 1)
+    micro_one, micro_eight = tmp_path / "micro_one", tmp_path / "micro_eight"
+    micro = {"model.dropout": 0.0, "train.batch_size": 16}
+
+    def run(path, **overrides):
+        return {"workdir": str(path), "stop_at_step": STEPS, "out": str(path), "overrides": overrides}
+
+    _train([run(one), run(micro_one, **micro, **{"train.microbatch_size": 4})], cache, 1)
     _train(
-        [
-            {"workdir": str(dp), "stop_at_step": STEPS, "out": str(dp)},
-            {"workdir": str(fsdp), "stop_at_step": STEPS, "out": str(fsdp), "overrides": {"train.fsdp": 2}},
-        ],
+        [run(dp), run(fsdp, **{"train.fsdp": 2}), run(micro_eight, **micro, **{"train.microbatch_size": 1})],
         cache,
         8,
     )
+    np.testing.assert_allclose(_losses(micro_eight), _losses(micro_one), rtol=1e-5)
+    assert_same_run(load_state(micro_eight), load_state(micro_one), "microbatches on 8 devices")
     ref_state, ref_info = load_state(one), load_info(one)
     assert ref_info["device_count"] == 1 and ref_info["step"] == STEPS
     ref_losses = _losses(one)

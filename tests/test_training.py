@@ -236,6 +236,71 @@ def test_train_step_reduces_the_loss_and_reports_metrics():
     assert max(jax.tree.leaves(moved)) > 0
 
 
+@pytest.mark.parametrize("objective", ["ddpm", "from_scratch"])
+def test_microbatches_give_the_gradient_of_one_pass(objective):
+    """2 microbatches of 4 images: the loss and the gradient of the one-pass step over the 8 images
+    (SGD at lr 1, so the new parameters are ``params - grad``), to float rounding."""
+    import optax
+
+    from jaxdiff.training import mesh as mesh_lib
+    from jaxdiff.training.loop import build_components
+    from jaxdiff.training.state import create_train_state
+    from jaxdiff.training.step import make_loss_fn, make_train_step
+
+    config = tiny_config()
+    config.diffusion.objective = objective
+    c = build_components(config)
+    sgd = optax.sgd(1.0)
+    host = create_train_state(jax.device_get(c.init_state().params), sgd, jax.random.PRNGKey(3))
+    sharding = mesh_lib.tree_shardings(c.mesh, host)
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 1)).astype(np.float32)
+    batch = mesh_lib.global_batch({"image": images, "label": np.zeros(8, np.int32)}, c.batch_sharding)
+    results = {}
+    for microbatches in (1, 2):
+        step = make_train_step(
+            apply_fn=c.apply_fn,
+            loss_fn=make_loss_fn(config),
+            optimizer=sgd,
+            lr_schedule=optax.constant_schedule(1.0),
+            ema_update=lambda ema, params, step: (ema, jnp.float32(0)),
+            state_sharding=sharding,
+            batch_sharding=c.batch_sharding,
+            microbatches=microbatches,
+            donate=False,
+        )
+        state, metrics = step(jax.device_put(host, sharding), batch)
+        results[microbatches] = (jax.device_get(state.params), jax.device_get(metrics))
+    (one_pass, m1), (split, m2) = results[1], results[2]
+    assert float(m1["grad_norm"]) > 0
+    np.testing.assert_allclose(float(m2["loss"]), float(m1["loss"]), rtol=1e-6)
+    np.testing.assert_allclose(float(m2["grad_norm"]), float(m1["grad_norm"]), rtol=1e-5)
+    start = jax.device_get(host.params)
+    leaves = zip(jax.tree.leaves(split), jax.tree.leaves(one_pass), jax.tree.leaves(start), strict=True)
+    for got, want, p0 in leaves:
+        grad_scale = np.abs(np.asarray(want) - np.asarray(p0)).max()
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-5 * grad_scale + 1e-7)
+
+
+def test_microbatch_size_auto_and_its_errors():
+    from jaxdiff.training.loop import build_components, microbatch_count
+    from jaxdiff.training.mesh import make_mesh
+
+    mesh = make_mesh()  # one CPU device
+    for batch_size, size, dropout, want in [
+        (64, 0, 0.0, 4),  # automatic on a CPU: passes of 16 images
+        (16, 0, 0.0, 1),
+        (40, 0, 0.0, 1),  # 16 does not divide 40: one pass
+        (64, 0, 0.1, 1),  # dropout masks would depend on the device count: one pass
+        (64, 8, 0.1, 8),
+        (64, 64, 0.0, 1),
+    ]:
+        config = tiny_config(batch_size=batch_size, microbatch_size=size)
+        config.model.dropout = dropout
+        assert microbatch_count(config, mesh) == want, (batch_size, size, dropout)
+    with pytest.raises(UserError, match=r"train.microbatch_size=3 must divide the per-device batch 8"):
+        build_components(tiny_config(microbatch_size=3))
+
+
 def test_non_finite_step_keeps_the_state_bitwise_and_a_good_step_follows():
     from jaxdiff.data import make_train_iterator
     from jaxdiff.training import mesh as mesh_lib

@@ -63,6 +63,7 @@ TRAIN_KEYS = (
     "checkpoint_dir",
     "async_checkpointing",
     "fsdp",
+    "microbatch_size",
 )
 DIFFUSION_KEYS = (
     "objective",
@@ -220,6 +221,13 @@ def validate_config(config: Any) -> None:
         _check(_is_int(t.get(key)) and t.get(key) >= 1, f"train.{key}", t.get(key), "use a positive integer")
     for key in ("warmup_steps", "sample_every", "checkpoint_every", "ema_update_after_step"):
         _check(_is_int(t.get(key)) and t.get(key) >= 0, f"train.{key}", t.get(key), "use an integer >= 0")
+    microbatch_size = t.get("microbatch_size", 0)  # (absent from configs saved before it existed)
+    _check(
+        _is_int(microbatch_size) and microbatch_size >= 0,
+        "train.microbatch_size",
+        microbatch_size,
+        "use 0 (automatic) or a positive integer that divides the per-device batch",
+    )
     _check(
         _is_number(t.learning_rate) and t.learning_rate > 0,
         "train.learning_rate",
