@@ -108,7 +108,7 @@ def get_config() -> ml_collections.ConfigDict:
     train.async_checkpointing = True
     train.fsdp = 1  # >1 shards parameters over an "fsdp" mesh axis of this size
     # Images per device per forward/backward pass; the step averages the passes' gradients (the same
-    # update). 0: 16 on a CPU when that divides the per-device batch (faster there), else one pass.
+    # update). 0: 16 on a CPU for large activations (see jaxdiff.training.loop.microbatch_count), else 1 pass.
     train.microbatch_size = 0
 
     # -- sample: the periodic grids during training and sample.py's defaults ---------------------------------

@@ -286,17 +286,20 @@ def test_microbatch_size_auto_and_its_errors():
     from jaxdiff.training.mesh import make_mesh
 
     mesh = make_mesh()  # one CPU device
-    for batch_size, size, dropout, want in [
-        (64, 0, 0.0, 4),  # automatic on a CPU: passes of 16 images
-        (16, 0, 0.0, 1),
-        (40, 0, 0.0, 1),  # 16 does not divide 40: one pass
-        (64, 0, 0.1, 1),  # dropout masks would depend on the device count: one pass
-        (64, 8, 0.1, 8),
-        (64, 64, 0.0, 1),
+    for batch_size, image_size, size, dropout, want in [
+        (64, 32, 0, 0.0, 4),  # automatic on a CPU: the course UNet (64 x 32x32x64 floats) in passes of 16
+        (64, 16, 0, 0.0, 1),  # the digits UNet's activations (64 x 16x16x64) fit the caches: one pass
+        (16, 32, 0, 0.0, 1),
+        (40, 32, 0, 0.0, 1),  # 16 does not divide 40: one pass
+        (64, 32, 0, 0.1, 1),  # dropout masks would depend on the device count: one pass
+        (64, 16, 8, 0.1, 8),
+        (64, 32, 64, 0.0, 1),
     ]:
         config = tiny_config(batch_size=batch_size, microbatch_size=size)
+        config.data.image_size = config.model.sample_size = image_size
+        config.model.block_out_channels = (64, 128)
         config.model.dropout = dropout
-        assert microbatch_count(config, mesh) == want, (batch_size, size, dropout)
+        assert microbatch_count(config, mesh) == want, (batch_size, image_size, size, dropout)
     with pytest.raises(UserError, match=r"train.microbatch_size=3 must divide the per-device batch 8"):
         build_components(tiny_config(microbatch_size=3))
 

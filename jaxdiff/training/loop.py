@@ -219,26 +219,31 @@ def build_train_step(config: Any, components: Components) -> Callable[..., Any]:
     )
 
 
-# Per-device images per forward / backward pass that train.microbatch_size=0 picks on a CPU: the course
-# UNet trains ~1.08x faster at batch 64 in passes of 16 (benchmarks/RESULTS.md, 2026-12-02 07:00 UTC).
+# train.microbatch_size=0 on a CPU: passes of CPU_MICROBATCH_SIZE images once the first level's activation
+# of the per-device batch passes CPU_MICROBATCH_MIN_BYTES. The course UNet (32x32x64) at batch 64, 16.8 MB,
+# trains ~1.08x faster in passes of 16; the digits UNet (16x16x32) at batch 64, 2.1 MB, 0.96x slower
+# (benchmarks/RESULTS.md, 2026-12-02 07:00 UTC).
 CPU_MICROBATCH_SIZE = 16
+CPU_MICROBATCH_MIN_BYTES = 8 * 2**20
 
 
 def microbatch_count(config: Any, mesh: Any) -> int:
     """How many microbatches each device's slice of ``train.batch_size`` is run as (``make_train_step``'s
     ``microbatches``). ``train.microbatch_size``: images per device per pass, which must divide the
-    per-device batch; 0 picks ``CPU_MICROBATCH_SIZE`` on a CPU when that divides the per-device batch and
-    the model has no dropout (whose masks would then depend on the device count), else one pass."""
+    per-device batch. 0 picks ``CPU_MICROBATCH_SIZE`` on a CPU when that divides the per-device batch, the
+    float32 activation of the model's first level (``image_size**2 * block_out_channels[0]`` per image)
+    for the per-device batch exceeds ``CPU_MICROBATCH_MIN_BYTES``, and the model has no dropout (whose
+    masks would then depend on the device count); else one pass."""
     devices = mesh.devices.size
     per_device = config.train.batch_size // devices
     size = config.train.get("microbatch_size", 0)
     if size == 0:
         cpu = mesh.devices.flat[0].platform == "cpu"
         no_dropout = not config.model.get("dropout", 0.0)
-        auto = (
-            cpu and no_dropout and per_device > CPU_MICROBATCH_SIZE and per_device % CPU_MICROBATCH_SIZE == 0
-        )
-        size = CPU_MICROBATCH_SIZE if auto else per_device
+        splits = per_device > CPU_MICROBATCH_SIZE and per_device % CPU_MICROBATCH_SIZE == 0
+        width = tuple(config.model.get("block_out_channels", (1,)))[0]
+        large = per_device * config.data.image_size**2 * width * 4 > CPU_MICROBATCH_MIN_BYTES
+        size = CPU_MICROBATCH_SIZE if cpu and no_dropout and splits and large else per_device
     if per_device % size:
         raise UserError(
             f"train.microbatch_size={size} must divide the per-device batch {per_device} "
