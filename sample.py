@@ -3,6 +3,7 @@
     python sample.py --workdir workdirs/digits                 # newest checkpoint, EMA weights
     python sample.py --pretrained workdirs/digits/diffusers    # a diffusers pipeline or UNet folder
         [--sampler ddpm|ddim|dpm++|euler] [--steps 50] [--num_samples 64] [--seed 0] [--batch_size 64]
+        [--microbatch_size 0]
         [--out grid.png] [--npz samples.npz] [--process_strip strip.png --strip_every 5]
 
 Batches are split over all devices. ``--process_strip`` saves the denoising process of the first few
@@ -32,6 +33,12 @@ _STEPS = flags.DEFINE_integer(
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 64, "Number of images.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the noise: the same seed gives the same images.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images per batch (rounded up to the device count).")
+_MICROBATCH = flags.DEFINE_integer(
+    "microbatch_size",
+    0,
+    "Images per device per model evaluation: a divisor of the per-device batch, or 0 (automatic: passes "
+    "on a CPU for large activations, see jaxdiff/models/passes.py).",
+)
 _ETA = flags.DEFINE_float("eta", None, "DDIM's eta (default: the run's sample.eta, else 0).")
 _EMA = flags.DEFINE_boolean("ema", True, "--workdir: use the EMA weights (--noema: the raw weights).")
 _OUT = flags.DEFINE_string(
@@ -74,6 +81,10 @@ def main(argv: list[str]) -> None:
         ("steps", _STEPS),
     ):
         _positive(name, flag.value)
+    if _MICROBATCH.value < 0:
+        raise cli.UserError(
+            f"--microbatch_size={_MICROBATCH.value} must be 0 (automatic) or a positive integer"
+        )
     from jaxdiff.training.config import SAMPLER_NAMES
 
     if _SAMPLER.value is not None and _SAMPLER.value not in SAMPLER_NAMES:  # before loading a model
@@ -109,6 +120,7 @@ def main(argv: list[str]) -> None:
         eta=_ETA.value if _ETA.value is not None else model.default_eta,
         batch_size=min(_BATCH_SIZE.value, _NUM_SAMPLES.value),
         intermediates_every=strip_every,
+        microbatch_size=_MICROBATCH.value,
     )
     out = sampling.generate(fn, model.params, seed=_SEED.value, num_samples=_NUM_SAMPLES.value)
     x, frames = (out, None) if strip_every is None else out

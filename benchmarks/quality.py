@@ -174,13 +174,16 @@ def train_jaxdiff(config, train_x: np.ndarray, args) -> tuple[Any, Any, dict[str
 
 
 def sample_jaxdiff(apply_fn, params, scheduler_config: dict, steps: int, n: int, chunk: int, seed: int):
+    from jaxdiff.models.passes import in_passes_for_batch
     from jaxdiff.samplers import from_diffusers_config, sample
 
     sampler = from_diffusers_config(scheduler_config, steps)
 
     @jax.jit
     def generate(sampler, params, x_T, key):
-        return sample(sampler, lambda x, t: apply_fn(params, x, t), x_T, key)
+        # As sample.py evaluates the model: in passes on a CPU for large activations.
+        model = in_passes_for_batch(apply_fn, params, x_T.shape)
+        return sample(sampler, lambda x, t: model(params, x, t), x_T, key)
 
     out, compile_s, run_s = [], 0.0, 0.0
     for i in range(-(-n // chunk)):

@@ -397,6 +397,7 @@ class Jax:
         return (lambda: compiled(params, x, t).block_until_ready()), compile_s
 
     def sampler(self, scheduler_config: dict, batch: int, steps: int) -> tuple[Callable[[], None], float]:
+        from jaxdiff.models.passes import in_passes_for_batch
         from jaxdiff.samplers import from_diffusers_config, sample
 
         apply_fn, params = self.model()
@@ -404,7 +405,9 @@ class Jax:
 
         @jax.jit
         def generate(sampler, params, x_T, key):
-            return sample(sampler, lambda x, t: apply_fn(params, x, t), x_T, key)
+            # As sample.py evaluates the model: in passes on a CPU for large activations.
+            model = in_passes_for_batch(apply_fn, params, x_T.shape)
+            return sample(sampler, lambda x, t: model(params, x, t), x_T, key)
 
         x_T = jax.random.normal(jax.random.key(0), (batch, 32, 32, 3))
         key = jax.random.key(1)

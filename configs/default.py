@@ -119,4 +119,7 @@ def get_config() -> ml_collections.ConfigDict:
     sample.eta = 0.0  # DDIM only
     sample.seed = 0
     sample.batch_size = 64
+    # Images per device per model evaluation while sampling. 0: passes on a CPU once the first level's
+    # activations of the batch pass 4 MiB (see jaxdiff.models.passes), else the whole batch at once.
+    sample.microbatch_size = 0
     return config

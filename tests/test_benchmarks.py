@@ -75,3 +75,34 @@ def test_quality_script_scores_both_sides(tmp_path):
     for side, data in result["sides"].items():
         assert math.isfinite(data["scores"]["ddim:2"]["fd"])
         assert (out / f"{side}_ddim_2.png").stat().st_size > 0
+
+
+def test_gpu_check_script_runs_its_stages_and_writes_its_files(tmp_path):
+    # On this CPU-only machine the script runs every stage as it would on a GPU machine, on the CPU.
+    out = tmp_path / "gpu_check"
+    args = ["--rows", "forward:2", "--reps", "1", "--warmup", "1"]
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out), *args],
+        cwd=ROOT,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    versions = (out / "versions.txt").read_text()
+    assert "diffusers 0.42.1" in versions and "jax backend: cpu" in versions
+    assert "1 passed" in (out / "bf16_test.log").read_text()
+    assert "| forward b2 |" in (out / "speed.md").read_text()
+    assert [row["name"] for row in json.loads((out / "speed.json").read_text())["rows"]] == ["forward b2"]
+
+
+def test_gpu_check_script_without_an_output_folder_is_a_usage_error():
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and result.stderr.startswith("usage:")

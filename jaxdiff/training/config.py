@@ -86,7 +86,15 @@ DIFFUSION_KEYS = (
     "timestep_spacing",
     "steps_offset",
 )
-SAMPLE_KEYS = ("sampler", "num_inference_steps", "num_samples", "eta", "seed", "batch_size")
+SAMPLE_KEYS = (
+    "sampler",
+    "num_inference_steps",
+    "num_samples",
+    "eta",
+    "seed",
+    "batch_size",
+    "microbatch_size",
+)
 _SECTION_KEYS = {"train": TRAIN_KEYS, "diffusion": DIFFUSION_KEYS, "sample": SAMPLE_KEYS}
 SAMPLER_NAMES = ("ddpm", "ddim", "dpm++", "euler")
 MIXED_PRECISION = ("no", "bf16")
@@ -264,6 +272,13 @@ def validate_config(config: Any) -> None:
         _check(_is_int(s.get(key)) and s.get(key) >= 1, f"sample.{key}", s.get(key), "use a positive integer")
     _check(_is_number(s.eta) and s.eta >= 0, "sample.eta", s.eta, "use a number >= 0")
     _check(_is_int(s.seed), "sample.seed", s.seed, "use an integer")
+    sample_microbatch = s.get("microbatch_size", 0)
+    _check(
+        _is_int(sample_microbatch) and sample_microbatch >= 0,
+        "sample.microbatch_size",
+        sample_microbatch,
+        "use 0 (automatic) or a positive integer that divides the per-device sample batch",
+    )
 
     # -- what only the loss and the samplers read: build them now, before a run writes anything --------------
     if objective == "ddpm":

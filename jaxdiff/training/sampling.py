@@ -7,7 +7,8 @@ Used by the train loop (the periodic EMA grids, the final export) and by ``sampl
   DDIM its clipping, spacing and variance options).
 - ``make_sample_fn(...)`` / ``sample_fn_for_config(config, ...)``: a jitted ``fn(params, key, i) -> images``
   for batch ``i``; the noise batch is split over the mesh's devices (``"data"``), the parameters keep their
-  training sharding.
+  training sharding; each device evaluates the model on its rows in passes of ``microbatch_size`` images
+  (``jaxdiff.models.passes``; 0: automatic, passes on a CPU for large activations).
 - ``generate(fn, params, seed, num_samples)``: as many batches as needed; batch ``i`` uses
   ``fold_in(PRNGKey(seed), i)``, so a seed gives the same images on any number of devices.
 - ``export_diffusers(config, params, dir)``: a ``DDPMPipeline`` folder (``interop.save_pipeline``).
@@ -114,6 +115,7 @@ def make_sample_fn(
     batch_size: int = 64,
     num_classes: int | None = None,
     intermediates_every: int | None = None,
+    microbatch_size: int = 0,
 ) -> SampleFn:
     """Build the jitted sampler of one batch.
 
@@ -129,14 +131,25 @@ def make_sample_fn(
         ``(i * padded_batch + j) % num_classes``.
       intermediates_every: also return the denoising snapshots every k steps: ``frames`` is
         ``{"x_t": [M, B, H, W, C], "pred_x0": [M, B, H, W, C]}``.
+      microbatch_size: images per device per model evaluation (``jaxdiff.models.passes``): a divisor of
+        the per-device batch, or 0 for the automatic choice (passes only on a CPU, for large activations).
     """
     from jaxdiff import samplers
+    from jaxdiff.models import passes
 
     n_dev = mesh.devices.size
     padded = -(-batch_size // n_dev) * n_dev
     shape = tuple(int(v) for v in image_shape)
     batch_spec = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
     replicated = NamedSharding(mesh, PartitionSpec())
+    # A bad microbatch_size fails here, before anything is compiled; the automatic size reads the model's
+    # width from the parameters when the function is traced.
+    passes.pass_size(microbatch_size, padded // n_dev, image_hw=shape[:2], width=None, platform="")
+
+    def model_in_passes(params: Any) -> Callable[..., jax.Array]:
+        return passes.in_passes_for_batch(
+            apply_fn, params, (padded, *shape), microbatch_size=microbatch_size, batch_sharding=batch_spec
+        )
 
     if scheduler is None:
         from jaxdiff import corruption
@@ -146,7 +159,11 @@ def make_sample_fn(
         def run(params, x, key, labels):
             del key, labels
             out = corruption.from_scratch_sample(
-                apply_fn, params, x, num_steps, return_intermediates=intermediates_every is not None
+                model_in_passes(params),
+                params,
+                x,
+                num_steps,
+                return_intermediates=intermediates_every is not None,
             )
             if intermediates_every is None:
                 return out
@@ -164,7 +181,8 @@ def make_sample_fn(
         num_steps = smp.num_steps
 
         def run(params, x, key, labels):
-            model_fn = lambda x_t, t: apply_fn(params, x_t, t, labels)
+            model = model_in_passes(params)
+            model_fn = lambda x_t, t: model(params, x_t, t, labels)
             out = samplers.sample(smp, model_fn, x, key, intermediates_every=intermediates_every)
             if intermediates_every is None:
                 return out
@@ -225,6 +243,7 @@ def sample_fn_for_config(
         batch_size=s.batch_size if batch_size is None else batch_size,
         num_classes=config.model.get("num_class_embeds") if class_conditional(config) else None,
         intermediates_every=intermediates_every,
+        microbatch_size=s.get("microbatch_size", 0),  # (absent from configs saved before it existed)
     )
 
 
@@ -326,6 +345,7 @@ class LoadedModel:
         eta: float = 0.0,
         batch_size: int = 64,
         intermediates_every: int | None = None,
+        microbatch_size: int = 0,
     ) -> SampleFn:
         scheduler = None if self.scheduler_base is None else scheduler_config(self.scheduler_base, sampler)
         return make_sample_fn(
@@ -339,6 +359,7 @@ class LoadedModel:
             batch_size=batch_size,
             num_classes=self.num_classes,
             intermediates_every=intermediates_every,
+            microbatch_size=microbatch_size,
         )
 
 
