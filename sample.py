@@ -13,19 +13,24 @@ steps from left (noise) to right (the final step). Bad input prints ``error: <me
 
 import os
 
-from jaxdiff.allocator import relaunch_under_mimalloc
+from jaxdiff.execution.allocator import relaunch_under_mimalloc
 
-relaunch_under_mimalloc()  # first: re-runs this command under mimalloc (see jaxdiff/allocator.py)
+relaunch_under_mimalloc()  # first: re-runs this command under mimalloc (see jaxdiff/execution/allocator.py)
 
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
-import jaxdiff  # noqa: F401, E402  (before JAX starts a backend: sets the CPU XLA flags)
-from jaxdiff.training import cli  # noqa: E402
+from jaxdiff import cli, grids, samplers  # noqa: E402  (jaxdiff first sets the CPU XLA flags)
+from jaxdiff.inference import generate, load_pretrained, load_workdir  # noqa: E402
+from jaxdiff.run_config import validate_sampling  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py run directory: its newest checkpoint is used.")
 _PRETRAINED = flags.DEFINE_string("pretrained", None, "A diffusers pipeline folder or UNet2DModel folder.")
 _SAMPLER = flags.DEFINE_string(
-    "sampler", None, "ddpm | ddim | dpm++ | euler (default: the run's sample.sampler, else ddim)."
+    "sampler",
+    None,
+    f"One of {', '.join(samplers.sampler_names())} or an alias (default: the run's sample.sampler).",
 )
 _STEPS = flags.DEFINE_integer(
     "steps", None, "Sampling steps, 1..num_train_timesteps (default: the run's, else 50)."
@@ -37,7 +42,7 @@ _MICROBATCH = flags.DEFINE_integer(
     "microbatch_size",
     0,
     "Images per device per model evaluation: a divisor of the per-device batch, or 0 (automatic: passes "
-    "on a CPU for large activations, see jaxdiff/models/passes.py).",
+    "on a CPU for large activations, see jaxdiff/execution/passes.py).",
 )
 _ETA = flags.DEFINE_float("eta", None, "DDIM's eta (default: the run's sample.eta, else 0).")
 _EMA = flags.DEFINE_boolean("ema", True, "--workdir: use the EMA weights (--noema: the raw weights).")
@@ -85,32 +90,29 @@ def main(argv: list[str]) -> None:
         raise cli.UserError(
             f"--microbatch_size={_MICROBATCH.value} must be 0 (automatic) or a positive integer"
         )
-    from jaxdiff.training.config import SAMPLER_NAMES
-
-    if _SAMPLER.value is not None and _SAMPLER.value not in SAMPLER_NAMES:  # before loading a model
-        raise cli.UserError(
-            f"--sampler={_SAMPLER.value!r} is not allowed; use one of {', '.join(SAMPLER_NAMES)}"
-        )
+    if _SAMPLER.value is not None:  # before loading a model
+        try:
+            samplers.resolve_sampler(_SAMPLER.value)
+        except cli.UserError:
+            names = ", ".join(samplers.sampler_names())
+            raise cli.UserError(
+                f"--sampler={_SAMPLER.value!r} is not allowed; use one of {names} (or an alias)"
+            ) from None
     if _STRIP_EVERY.value is not None and not _STRIP.value:
         raise cli.UserError("--strip_every needs --process_strip FILE.png")
     cli.maybe_initialize_distributed(_DISTRIBUTED.value)
 
-    import jax
-    import numpy as np
-
-    from jaxdiff import images
-    from jaxdiff.training import sampling
-
     if _WORKDIR.value:
-        model = sampling.load_workdir(_WORKDIR.value, ema=_EMA.value)
+        model = load_workdir(_WORKDIR.value, ema=_EMA.value)
     else:
-        model = sampling.load_pretrained(_PRETRAINED.value, image_size=_IMAGE_SIZE.value)
-    sampler = _SAMPLER.value or model.default_sampler
+        model = load_pretrained(_PRETRAINED.value, image_size=_IMAGE_SIZE.value)
     steps = _STEPS.value if _STEPS.value is not None else model.default_steps
-    from jaxdiff.training.config import validate_sampling
-
-    if model.scheduler_base is not None:
-        validate_sampling(sampler, steps, model.num_train_timesteps)
+    sampler = validate_sampling(
+        _SAMPLER.value or model.default_sampler,
+        steps,
+        model.num_train_timesteps,
+        objective=model.objective.name,
+    )
     strip_every = None
     if _STRIP.value:
         strip_every = _STRIP_EVERY.value or max(1, steps // 10)
@@ -122,7 +124,7 @@ def main(argv: list[str]) -> None:
         intermediates_every=strip_every,
         microbatch_size=_MICROBATCH.value,
     )
-    out = sampling.generate(fn, model.params, seed=_SEED.value, num_samples=_NUM_SAMPLES.value)
+    out = generate(fn, model.params, seed=_SEED.value, num_samples=_NUM_SAMPLES.value)
     x, frames = (out, None) if strip_every is None else out
     if jax.process_index() != 0:
         return
@@ -133,7 +135,7 @@ def main(argv: list[str]) -> None:
             if _WORKDIR.value
             else "samples.png"
         )
-    print(f"wrote {images.save_grid(grid, x)}: {len(x)} images, {sampler}, {steps} steps, seed {_SEED.value}")
+    print(f"wrote {grids.save_grid(grid, x)}: {len(x)} images, {sampler}, {steps} steps, seed {_SEED.value}")
     if _NPZ.value:
         os.makedirs(os.path.dirname(os.path.abspath(_NPZ.value)), exist_ok=True)
         extra = {} if frames is None else {"x_t": frames["x_t"], "pred_x0": frames["pred_x0"]}
@@ -144,7 +146,7 @@ def main(argv: list[str]) -> None:
         # Per image: a row of x_t, then a row of predicted x0.
         rows = np.stack([frames["x_t"][:, :k], frames["pred_x0"][:, :k]], axis=2)
         rows = rows.reshape(rows.shape[0], 2 * k, *rows.shape[3:])
-        path = images.save_process_strip(_STRIP.value, rows)
+        path = grids.save_process_strip(_STRIP.value, rows)
         print(f"wrote {path}: {k} images x (x_t, predicted x0) at {rows.shape[0]} steps, every {strip_every}")
 
 

@@ -27,7 +27,7 @@ setup(
         "tqdm>=4.66",
         "scikit-learn>=1.4",
         "tensorboardX>=2.6",
-        # jaxdiff.allocator: the CLIs run under mimalloc (XLA re-allocates its CPU arena every step).
+        # jaxdiff.execution.allocator: the CLIs run under mimalloc (XLA re-allocates its CPU arena per step).
         "cmeel-mimalloc>=3.2; sys_platform == 'linux' and platform_machine == 'x86_64'",
     ],
     extras_require={

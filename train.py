@@ -9,15 +9,15 @@ status 2. On several hosts (a TPU pod slice, Slurm) run the same command on ever
 
 import os
 
-from jaxdiff.allocator import relaunch_under_mimalloc
+from jaxdiff.execution.allocator import relaunch_under_mimalloc
 
-relaunch_under_mimalloc()  # first: re-runs this command under mimalloc (see jaxdiff/allocator.py)
+relaunch_under_mimalloc()  # first: re-runs this command under mimalloc (see jaxdiff/execution/allocator.py)
 
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-import jaxdiff  # noqa: F401, E402  (before JAX starts a backend: sets the CPU XLA flags)
-from jaxdiff.training import cli  # noqa: E402
+from jaxdiff import cli  # noqa: E402  (jaxdiff first sets the CPU XLA flags)
+from jaxdiff.training.trainer import train_and_evaluate  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/digits.py.", lock_config=True
@@ -50,8 +50,6 @@ def main(argv: list[str]) -> None:
         num_processes=_NUM_PROCESSES.value,
         process_id=_PROCESS_ID.value,
     )
-    from jaxdiff.training.loop import train_and_evaluate
-
     workdir = _WORKDIR.value or default_workdir(cli.config_flag_path())
     train_and_evaluate(config, workdir)
 

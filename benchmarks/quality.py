@@ -30,8 +30,8 @@ from typing import Any
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxdiff.allocator import active as mimalloc_active  # noqa: E402
-from jaxdiff.allocator import relaunch_under_mimalloc  # noqa: E402
+from jaxdiff.execution.allocator import active as mimalloc_active  # noqa: E402
+from jaxdiff.execution.allocator import relaunch_under_mimalloc  # noqa: E402
 
 relaunch_under_mimalloc()  # first, as train.py does: both sides run under mimalloc
 
@@ -105,8 +105,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
-    """Samples in [-1, 1] -> uint8 pixels, as a saved PNG would hold them (``jaxdiff.images``)."""
-    from jaxdiff.images import to_uint8 as convert
+    """Samples in [-1, 1] -> uint8 pixels, as a saved PNG would hold them (``jaxdiff.grids``)."""
+    from jaxdiff.grids import to_uint8 as convert
 
     return convert(x)
 
@@ -148,12 +148,12 @@ def to_float(images_u8: np.ndarray) -> np.ndarray:
 
 
 def train_jaxdiff(config, train_x: np.ndarray, args) -> tuple[Any, Any, dict[str, float]]:
-    from jaxdiff.training import loop
-    from jaxdiff.training.mesh import global_batch
+    from jaxdiff.sharding import global_batch
+    from jaxdiff.training import components
 
-    c = loop.build_components(config)
+    c = components.build_components(config)
     state = c.init_state()
-    step = loop.build_train_step(config, c)
+    step = components.build_train_step(c)
     xs = to_float(train_x)
     labels = np.zeros((args.batch_size,), np.int32)
     start = time.perf_counter()
@@ -174,7 +174,7 @@ def train_jaxdiff(config, train_x: np.ndarray, args) -> tuple[Any, Any, dict[str
 
 
 def sample_jaxdiff(apply_fn, params, scheduler_config: dict, steps: int, n: int, chunk: int, seed: int):
-    from jaxdiff.models.passes import in_passes_for_batch
+    from jaxdiff.execution.passes import in_passes_for_batch
     from jaxdiff.samplers import from_diffusers_config, sample
 
     sampler = from_diffusers_config(scheduler_config, steps)
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from jaxdiff.images import save_grid
+    from jaxdiff.grids import save_grid
     from jaxdiff.samplers import scheduler_config_for
 
     torch.set_num_threads(args.threads)

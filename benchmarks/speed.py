@@ -42,8 +42,8 @@ from typing import Any
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxdiff.allocator import active as mimalloc_active  # noqa: E402
-from jaxdiff.allocator import relaunch_under_mimalloc  # noqa: E402
+from jaxdiff.execution.allocator import active as mimalloc_active  # noqa: E402
+from jaxdiff.execution.allocator import relaunch_under_mimalloc  # noqa: E402
 
 # As train.py does: the whole process (both libraries) runs under mimalloc (JAXDIFF_NO_MIMALLOC=1: glibc).
 relaunch_under_mimalloc()
@@ -359,13 +359,13 @@ class Jax:
         return x.transpose(0, 2, 3, 1)  # NHWC, the same numbers as the torch side
 
     def train(self, batch: int, bf16: bool, steps: int) -> tuple[Callable[[], None], float, float | None]:
-        from jaxdiff.training import loop
-        from jaxdiff.training.mesh import global_batch
+        from jaxdiff.sharding import global_batch
+        from jaxdiff.training import components
 
         config = self.config(batch, bf16)
-        c = loop.build_components(config)
+        c = components.build_components(config)
         state = c.init_state()
-        step = loop.build_train_step(config, c)
+        step = components.build_train_step(c)
         data = global_batch(
             {"image": self.images(batch), "label": np.zeros((batch,), np.int32)}, c.batch_sharding
         )
@@ -397,7 +397,7 @@ class Jax:
         return (lambda: compiled(params, x, t).block_until_ready()), compile_s
 
     def sampler(self, scheduler_config: dict, batch: int, steps: int) -> tuple[Callable[[], None], float]:
-        from jaxdiff.models.passes import in_passes_for_batch
+        from jaxdiff.execution.passes import in_passes_for_batch
         from jaxdiff.samplers import from_diffusers_config, sample
 
         apply_fn, params = self.model()

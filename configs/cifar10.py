@@ -9,15 +9,11 @@ The data must be prepared by TFDS (``tfds build cifar10``, or ``--config.data.do
 ``--config.data.data_dir=gs://...`` on a TPU VM.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import default  # noqa: E402
+from jaxdiff.run_config import default_config
 
 
 def get_config():
-    config = default.get_config()
+    config = default_config()
 
     config.data.source = "tfds:cifar10:train"
     config.data.image_size = 32
@@ -25,23 +21,12 @@ def get_config():
     config.data.random_flip = True
 
     model = config.model
-    model.sample_size = 32
-    model.in_channels = 3
-    model.out_channels = 3
-    model.layers_per_block = 2
     model.block_out_channels = (128, 256, 256, 256)
     # Resolutions 32, 16, 8, 4: attention at 16x16 (the second level) only.
     model.down_block_types = ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D")
     model.up_block_types = ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D")
     model.attention_head_dim = None  # one head over all channels, as in the paper
     model.dropout = 0.1
-    model.norm_num_groups = 32
-
-    config.diffusion.num_train_timesteps = 1000
-    config.diffusion.beta_schedule = "linear"
-    config.diffusion.beta_start = 0.0001
-    config.diffusion.beta_end = 0.02
-    config.diffusion.prediction_type = "epsilon"
 
     train = config.train
     train.batch_size = 128
@@ -51,18 +36,12 @@ def get_config():
     train.warmup_steps = 5000
     train.weight_decay = 0.0
     train.adam_b1 = 0.9
-    train.adam_b2 = 0.999
-    train.grad_clip = 1.0
     # The paper's plain EMA: decay 0.9999 from the second update on (the first copies the weights).
-    train.ema_decay = 0.9999
     train.ema_min_decay = 0.9999
     train.ema_use_warmup = False
     train.log_every = 100
     train.sample_every = 10_000
     train.checkpoint_every = 5_000
-    train.keep_checkpoints = 3
 
-    config.sample.sampler = "ddim"
     config.sample.num_inference_steps = 100
-    config.sample.num_samples = 64
     return config

@@ -13,17 +13,13 @@ Differences from the course, both harmless for this objective: images are in ``[
 ``[0, 1]``), and there is no EMA in the course, so ``ema_decay = 0`` makes the EMA weights the raw weights.
 """
 
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import default  # noqa: E402
+from jaxdiff.run_config import default_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = default_config()
 
     config.data.source = "digits"
     config.data.image_size = 28  # MNIST's size; BasicUNet halves it twice, so any multiple of 4 works
@@ -31,9 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
 
     # BasicUNet takes only its channel counts (and sample_size as metadata); the UNet2DModel keys of the
     # default config would be rejected, so the section is replaced rather than edited.
-    config.model = ml_collections.ConfigDict(
-        {"_class_name": "BasicUNet", "in_channels": 1, "out_channels": 1, "sample_size": 28}
-    )
+    config.model = ml_collections.ConfigDict({"_class_name": "BasicUNet"})
+    config.model.sample_size = config.data.get_ref("image_size")
+    config.model.in_channels = config.data.get_ref("channels")
+    config.model.out_channels = config.data.get_ref("channels")
 
     config.diffusion.objective = "from_scratch"
 

@@ -1,23 +1,26 @@
 """jaxdiff: diffusion models in JAX/Flax with numerical parity to Hugging Face diffusers.
 
-Submodules (one idea each):
-  schedules   noise schedules and the forward (noising) process
-  losses      training targets and loss weighting
-  corruption  the course's "from scratch" corruption process, loss and sampler
-  samplers    DDPM / DDIM / DPM-Solver++ / Euler as pure functions, one lax.scan loop
-  models      Flax NNX UNet2D (diffusers UNet2DModel config) and the course's BasicUNet
-  interop     diffusers weight and pipeline conversion, both ways
-  data        grain input pipelines (digits, TFDS, image folders, HF datasets)
-  training    sharded train step, EMA, optimizer, the training loop
-  checkpointing  orbax CheckpointManager with the data iterator
-  cpu_tuning  faster XLA CPU flags, added to XLA_FLAGS at import unless the user set them
-              (opt out: JAXDIFF_NO_XLA_TUNING=1)
-  allocator   train.py / sample.py re-run themselves under mimalloc (XLA re-allocates its CPU
-              arena every step; opt out: JAXDIFF_NO_MIMALLOC=1)
+Modules (one idea each; docs/architecture.md draws how they depend on each other):
+  schedules      noise schedules and the forward (noising) process
+  losses         training targets and loss weighting
+  corruption     the course's "from scratch" corruption process, loss and sampler
+  objectives     the registry of training objectives (loss + how to sample the model)
+  samplers       diffusers schedulers as pure functions, one registry of names, one lax.scan loop
+  models         Flax NNX UNet2D (diffusers UNet2DModel config) and the course's BasicUNet
+  execution      platform-specific execution: CPU convolutions, passes, XLA flags, the allocator
+  interop        diffusers weight and pipeline conversion, both ways
+  data           grain input pipelines (digits, TFDS, image folders, HF datasets)
+  sharding       the device mesh and the shardings of states and batches
+  run_config     the typed, validated run config and the default every config extends
+  checkpointing  orbax CheckpointManager with the data iterator; partial restore of the weights
+  inference      load a workdir or a diffusers folder, sample, export (never imports training)
+  training       optimizer, EMA, the sharded train step, the train loop
+  grids          sample grids and denoising strips as PNG
+  cli            what train.py and sample.py share: one-line errors, multi-host start-up
 """
 
 # Before anything creates a JAX backend: XLA reads XLA_FLAGS once, at backend creation.
-from jaxdiff.cpu_tuning import apply_cpu_defaults as _apply_cpu_defaults
+from jaxdiff.execution.xla_flags import apply_cpu_defaults as _apply_cpu_defaults
 
 _apply_cpu_defaults()
 

@@ -322,3 +322,83 @@ def _grain_restore(iterator: Any) -> Any:
     import grain
 
     return grain.checkpoint.CheckpointRestore(iterator)
+
+
+def same_model_check(
+    workdir: str, fingerprint: str, model_config: Mapping[str, Any]
+) -> Callable[[dict], None]:
+    """A ``check_meta`` that refuses a checkpoint written by another model config, naming the difference."""
+
+    def check(meta: dict[str, Any]) -> None:
+        stored = meta.get("fingerprint")
+        if stored is not None and stored != fingerprint:
+            diff = describe_config_diff(meta.get("model", {}), model_config)
+            raise UserError(
+                f"workdir {workdir} holds a checkpoint of a different model config ({diff}); "
+                "use a new --workdir, or the model config that wrote it"
+            )
+
+    return check
+
+
+def restore_subtree(
+    directory: str | os.PathLike,
+    name: str,
+    abstract: Any,
+    *,
+    check_meta: Callable[[dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[int, Any] | None:
+    """Only the train state's field ``name`` (e.g. ``"ema_params"``) of the newest checkpoint that restores
+    it: orbax's partial restore reads those arrays and nothing else (no optimizer state). Read-only.
+
+    Args:
+      directory: the checkpoints folder.
+      name: a ``TrainState`` field.
+      abstract: that field as ``jax.ShapeDtypeStruct``s with shardings (the result's layout).
+      check_meta, log: as :meth:`Checkpointer.restore`.
+
+    Returns:
+      ``(step, tree)``, or None when there is no checkpoint; ``UserError`` when none restores.
+    """
+    log = log or logger.warning
+    with Checkpointer(directory, read_only=True, async_save=False, log=log) as ckpt:
+        steps = ckpt.all_steps()
+        if not steps:
+            return None
+        metas = {}
+        for step in steps:
+            try:
+                metas[step] = ckpt.read_meta(step)
+            except Exception as e:  # noqa: BLE001 - an unreadable record: the checkpoint is unusable
+                metas[step] = e
+    manager = ocp.CheckpointManager(
+        epath.Path(os.fspath(directory)),
+        options=ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+    )
+    try:
+        restore_args = jax.tree.map(
+            lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype), abstract
+        )
+        for step in reversed(steps):
+            meta = metas[step]
+            if isinstance(meta, Exception):
+                log(
+                    f"checkpoint {step} is damaged or incomplete ({type(meta).__name__}); trying the previous"
+                )
+                continue
+            if check_meta is not None:
+                check_meta(meta)
+            args = ocp.args.PyTreeRestore(
+                {name: abstract}, restore_args={name: restore_args}, partial_restore=True
+            )
+            try:
+                restored = manager.restore(step, args=ocp.args.Composite(state=args))
+            except Exception as e:  # noqa: BLE001
+                log(f"checkpoint {step} is damaged or incomplete ({type(e).__name__}); trying the previous")
+                continue
+            return step, restored.state[name]
+    finally:
+        manager.close()
+    raise UserError(f"no usable checkpoint in {os.fspath(directory)}: every one is damaged")

@@ -75,7 +75,7 @@ import optax
 from flax import nnx
 
 import jaxdiff
-from jaxdiff import images, samplers
+from jaxdiff import grids, samplers
 from jaxdiff.data import make_source, make_train_iterator
 from jaxdiff.interop import load_pipeline, save_pipeline
 from jaxdiff.losses import make_diffusion_loss
@@ -91,7 +91,7 @@ print(f"FAST={FAST} ONLINE={ONLINE}")
 
 
 def show_uint8(ax, grid, title=None):
-    """Draw a uint8 [H, W, C] image (a grid from jaxdiff.images) on a matplotlib axis."""
+    """Draw a uint8 [H, W, C] image (a grid from jaxdiff.grids) on a matplotlib axis."""
     ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
     ax.set_axis_off()
     if title:
@@ -100,12 +100,12 @@ def show_uint8(ax, grid, title=None):
 
 def show_grid(ax, x, nrow=None, title=None):
     """Draw NHWC images in [-1, 1] as one grid on a matplotlib axis (grayscale or RGB)."""
-    show_uint8(ax, images.make_grid(np.asarray(x), nrow=nrow), title)
+    show_uint8(ax, grids.make_grid(np.asarray(x), nrow=nrow), title)
 
 
 def show_images(x, nrow=None, title=None):
     """The course's show_images: a batch of NHWC images in [-1, 1] as one figure."""
-    grid_h, grid_w = images.make_grid(np.asarray(x), nrow=nrow).shape[:2]
+    grid_h, grid_w = grids.make_grid(np.asarray(x), nrow=nrow).shape[:2]
     fig, ax = plt.subplots(figsize=(grid_w / 60, grid_h / 60))
     show_grid(ax, x, nrow, title)
     plt.show()
@@ -510,8 +510,8 @@ every = max(1, num_inference_steps // 10)
 _, intermediates = generate(apply_fn, params, ddpm, jax.random.key(1), (4, *sample_shape[1:]), every)
 fig, axs = plt.subplots(2, 1, figsize=(12, 9))
 steps = ", ".join(str(int(t)) for t in intermediates["timesteps"])
-show_uint8(axs[0], images.make_process_strip(intermediates["x_t"]), title=f"$x_t$ at t = {steps}")
-show_uint8(axs[1], images.make_process_strip(intermediates["pred_x0"]), title=r"predicted $x_0$")
+show_uint8(axs[0], grids.make_process_strip(intermediates["x_t"]), title=f"$x_t$ at t = {steps}")
+show_uint8(axs[1], grids.make_process_strip(intermediates["pred_x0"]), title=r"predicted $x_0$")
 plt.show()
 
 # %% [markdown]

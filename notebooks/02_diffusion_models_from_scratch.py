@@ -65,7 +65,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxdiff import images, samplers
+from jaxdiff import grids, samplers
 from jaxdiff.corruption import corrupt, from_scratch_noise, from_scratch_sample, make_from_scratch_loss
 from jaxdiff.data import make_train_iterator
 from jaxdiff.losses import loss_weights, make_diffusion_loss, training_target
@@ -81,8 +81,8 @@ print(f"JAX {jax.__version__}, devices {jax.devices()}, FAST={FAST}")
 def show(ax, x, nrow=8, title=None, value_range=(0.0, 1.0)):
     """Draw NHWC images as one grid in the course's 'Greys' colormap (dark strokes on white)."""
     lo, hi = value_range
-    x = (np.asarray(x, np.float32) - lo) / (hi - lo) * 2 - 1  # jaxdiff.images takes [-1, 1] (and clips)
-    ax.imshow(images.make_grid(x, nrow=nrow)[..., 0], cmap="Greys", vmin=0, vmax=255)
+    x = (np.asarray(x, np.float32) - lo) / (hi - lo) * 2 - 1  # jaxdiff.grids takes [-1, 1] (and clips)
+    ax.imshow(grids.make_grid(x, nrow=nrow)[..., 0], cmap="Greys", vmin=0, vmax=255)
     ax.set_axis_off()
     if title:
         ax.set_title(title)

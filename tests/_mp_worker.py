@@ -5,9 +5,9 @@ Run as a script it has two commands:
 
 ``python tests/_mp_worker.py train SPEC_JSON``
     ``SPEC_JSON`` is ``{"runs": [...], "distributed": {...} | null}``. With ``distributed`` set it first
-    calls ``jaxdiff.training.cli.maybe_initialize_distributed`` (what ``train.py`` calls). Then, for each
+    calls ``jaxdiff.cli.maybe_initialize_distributed`` (what ``train.py`` calls). Then, for each
     run ``{"workdir", "stop_at_step", "overrides": {"train.fsdp": 2, ...}, "out"}``, it trains
-    ``tests/_tiny_config.py`` with ``jaxdiff.training.loop.train_and_evaluate`` (the function ``train.py``
+    ``tests/_tiny_config.py`` with ``jaxdiff.training.trainer.train_and_evaluate`` (the function ``train.py``
     runs) and writes ``<out>.npz`` (this process's copy of every leaf of the final train state,
     keyed ``params/...``, ``opt_state/...``, ``ema_params/...``, ``step``, ``rng``), ``<out>.json`` (run
     and sharding facts: shard shapes of a batch and of the parameters, whether local replicas agree) and
@@ -21,6 +21,7 @@ Run as a script it has two commands:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -33,6 +34,14 @@ REPO = os.path.dirname(TESTS)
 WORKER = os.path.abspath(__file__)
 TINY_CONFIG = os.path.join(TESTS, "_tiny_config.py")
 HANG_MARKER = "C3_HANGING_IN_CHECKPOINT_WRITE"
+
+
+def load_tiny_config() -> Any:
+    """``tests/_tiny_config.py``'s config, loaded from its path (this file also runs as a script)."""
+    spec = importlib.util.spec_from_file_location("_jaxdiff_tiny_config", TINY_CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def subprocess_env(cache_dir: str | os.PathLike | None, num_devices: int = 1) -> dict[str, str]:
@@ -54,16 +63,6 @@ def subprocess_env(cache_dir: str | os.PathLike | None, num_devices: int = 1) ->
             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
         )
     return env
-
-
-def shared_cache_dir(tmp_path_factory: Any) -> str:
-    """One compilation-cache folder for the whole test session (shared by the pytest-xdist workers)."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent
-    path = os.path.join(os.fspath(base), "jax_compilation_cache")
-    os.makedirs(path, exist_ok=True)
-    return path
 
 
 def run_checked(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
@@ -118,9 +117,8 @@ def assert_same_run(got: dict[str, Any], want: dict[str, Any], what: str) -> Non
       contribution, or other data, would be off by tens of percent).
     """
     import numpy as np
-    from _tiny_config import get_config
 
-    lr = get_config().train.learning_rate
+    lr = load_tiny_config().train.learning_rate
     steps = int(want["step"])
     assert got.keys() == want.keys(), what
     far = total = 0
@@ -178,7 +176,7 @@ def _replicas_agree(x: Any) -> bool:
 def _train(spec: dict[str, Any]) -> None:
     dist = spec.get("distributed")
     if dist:
-        from jaxdiff.training import cli
+        from jaxdiff import cli
 
         cli.maybe_initialize_distributed(
             "auto",
@@ -189,15 +187,12 @@ def _train(spec: dict[str, Any]) -> None:
     import jax
     import numpy as np
 
-    sys.path.insert(0, TESTS)
-    import _tiny_config
-
+    from jaxdiff import sharding as mesh_lib
     from jaxdiff.data import make_train_iterator
-    from jaxdiff.training import mesh as mesh_lib
-    from jaxdiff.training.loop import train_and_evaluate
+    from jaxdiff.training.trainer import train_and_evaluate
 
     for run in spec["runs"]:
-        config = _tiny_config.get_config()
+        config = load_tiny_config()
         for key, value in run.get("overrides", {}).items():
             section, name = key.split(".")
             config[section][name] = value

@@ -7,21 +7,11 @@ step (the tests share a persistent compilation cache) and stops its runs by ``st
 signal. Use it as ``train.py --config tests/_tiny_config.py`` or import it.
 """
 
-import importlib.util
-import os
-
-_DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs", "default.py")
-
-
-def _default_config():
-    spec = importlib.util.spec_from_file_location("_jaxdiff_default_config", _DEFAULT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from jaxdiff.run_config import default_config
 
 
 def get_config():
-    config = _default_config()
+    config = default_config()
     config.seed = 0
 
     config.data.source = "digits"

@@ -1,4 +1,4 @@
-"""jaxdiff.allocator: the CLIs re-run themselves under mimalloc, once, never over a user's own choice."""
+"""jaxdiff.execution.allocator: the CLIs re-run under mimalloc, once, never over a user's own choice."""
 
 import json
 import os
@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from jaxdiff import allocator
+from jaxdiff.execution import allocator
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux's")
 
 # Re-executes itself through relaunch_under_mimalloc and reports what the final process saw.
 PROBE = """
 import json, os, sys
-from jaxdiff import allocator
+from jaxdiff.execution import allocator
 allocator.relaunch_under_mimalloc()
 print(json.dumps({"active": allocator.active(), "argv": sys.argv[1:],
                   "ld_preload": os.environ.get("LD_PRELOAD", ""),

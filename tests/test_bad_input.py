@@ -15,8 +15,12 @@ import sys
 
 import numpy as np
 import pytest
-from _mp_worker import REPO, TINY_CONFIG, shared_cache_dir, subprocess_env
 from PIL import Image
+
+from tests._mp_worker import REPO, TINY_CONFIG, subprocess_env
+from tests.conftest import shared_cache_dir
+
+pytestmark = pytest.mark.slow  # end to end: subprocesses, whole runs
 
 TIMEOUT = 600
 

@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses, whole runs
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 pytest.importorskip("torch")

@@ -17,6 +17,10 @@ import sys
 import numpy as np
 import pytest
 
+from tests.conftest import shared_cache_dir
+
+pytestmark = pytest.mark.slow  # end to end: subprocesses, whole runs
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # A tiny UNet and a 4-step run, as command-line overrides of configs/digits.py.
@@ -42,7 +46,6 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from test_training import shared_cache_dir
 
     cache = shared_cache_dir(tmp_path_factory)
     return {
@@ -68,9 +71,7 @@ def trained(tmp_path_factory, env):
     """
     import fcntl
 
-    from test_training import shared_cache_dir
-
-    root = shared_cache_dir(tmp_path_factory).parent
+    root = pathlib.Path(shared_cache_dir(tmp_path_factory)).parent
     workdir, record = root / "cli_run" / "digits", root / "cli_run.json"
     with open(root / "cli_run.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -100,8 +101,7 @@ def test_export_loads_in_diffusers_and_matches_jaxdiff(trained):
     torch = pytest.importorskip("torch")
     import jax.numpy as jnp
     from diffusers import DDPMPipeline
-
-    from jaxdiff.training.sampling import load_workdir
+    from jaxdiff.inference.sampling import load_workdir
 
     workdir, _ = trained
     pipe = DDPMPipeline.from_pretrained(workdir / "diffusers")

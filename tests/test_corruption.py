@@ -9,6 +9,7 @@ import torch
 
 from jaxdiff import corruption
 from jaxdiff.errors import UserError
+from tests.conftest import load_config
 
 
 def _course_corrupt(x, amount, noise):
@@ -184,19 +185,8 @@ def test_training_basic_unet_reduces_the_loss():
     assert samples.shape == (4, 16, 16, 1) and bool(jnp.all(jnp.isfinite(samples)))
 
 
-def _load_config(name):
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def test_from_scratch_config_is_the_course_setup():
-    config = _load_config("from_scratch")
+    config = load_config("from_scratch")
     assert config.model["_class_name"] == "BasicUNet"
     assert config.diffusion.objective == "from_scratch"
     train = config.train
@@ -204,13 +194,14 @@ def test_from_scratch_config_is_the_course_setup():
     assert config.data.image_size % 4 == 0  # BasicUNet pools twice
 
 
+@pytest.mark.slow
 def test_from_scratch_config_trains_with_the_train_loop(tmp_path):
     import json
 
-    from jaxdiff.training.loop import train_and_evaluate
     from jaxdiff.training.step import make_loss_fn
+    from jaxdiff.training.trainer import train_and_evaluate
 
-    config = _load_config("from_scratch")
+    config = load_config("from_scratch")
     assert make_loss_fn(config).evaluate.__qualname__.startswith("make_from_scratch_loss.")
     config.data.image_size = config.model.sample_size = 16
     config.train.batch_size = 8

@@ -11,12 +11,12 @@ import sys
 import grain
 import numpy as np
 import pytest
-from _data_tfds import build_tiny_tfds, example_pixels
 from PIL import Image
 
 import jaxdiff.data as jd
 from jaxdiff.data import pipeline
 from jaxdiff.errors import UserError
+from tests._data_tfds import build_tiny_tfds, example_pixels
 
 DIGITS = {"source": "digits", "image_size": 16, "channels": 1}
 

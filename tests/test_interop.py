@@ -22,6 +22,7 @@ from jaxdiff.interop.diffusers import (
 )
 from jaxdiff.models import create_model, functional
 from jaxdiff.models.config import unet2d_config
+from tests.conftest import assert_close
 
 SMALL = dict(
     sample_size=16,
@@ -67,13 +68,6 @@ def torch_forward(model, x_nhwc, t, labels=None):
             class_labels=None if labels is None else torch.from_numpy(np.asarray(labels)),
         ).sample
     return out.numpy().transpose(0, 2, 3, 1)
-
-
-def assert_close(out, ref, rel=1e-4):
-    out, ref = np.asarray(out), np.asarray(ref)
-    assert out.shape == ref.shape
-    err = np.abs(out - ref).max() / np.abs(ref).max()
-    assert err <= rel, f"max error {err:.2e} of the output scale, allowed {rel:.0e}"
 
 
 def inputs(config, batch=2, seed=0):

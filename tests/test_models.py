@@ -15,6 +15,7 @@ from flax import nnx
 from jaxdiff.errors import UserError
 from jaxdiff.interop.diffusers import params_to_state_dict, state_dict_to_params
 from jaxdiff.models import UNET2D_DEFAULTS, BasicUNet, UNet2D, create_model, functional, param_count
+from tests.conftest import assert_close
 
 COURSE_32 = dict(
     sample_size=32,
@@ -100,13 +101,6 @@ def run_torch(model, x_nhwc, t, class_labels=None) -> np.ndarray:
             class_labels=None if class_labels is None else torch.from_numpy(class_labels),
         ).sample
     return out.numpy().transpose(0, 2, 3, 1)
-
-
-def assert_close(out, ref, rel=1e-4):
-    out, ref = np.asarray(out), np.asarray(ref)
-    assert out.shape == ref.shape
-    err = np.abs(out - ref).max() / np.abs(ref).max()
-    assert err <= rel, f"max error {err:.2e} of the output scale, allowed {rel:.0e}"
 
 
 def timesteps_and_labels(name: str, batch: int):

@@ -17,16 +17,20 @@ import sys
 import time
 
 import numpy as np
-from _mp_worker import (
+import pytest
+
+from tests._mp_worker import (
     REPO,
     WORKER,
     assert_same_run,
     load_info,
     load_state,
     run_checked,
-    shared_cache_dir,
     subprocess_env,
 )
+from tests.conftest import shared_cache_dir
+
+pytestmark = pytest.mark.slow  # end to end: subprocesses, whole runs
 
 TIMEOUT = 900  # seconds for each pair of processes; a hung collective fails the test
 

@@ -17,6 +17,8 @@ import pytest
 from nbclient import NotebookClient
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # end to end: subprocesses, whole runs
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ["01_introduction_to_jaxdiff", "02_diffusion_models_from_scratch"]

@@ -1,4 +1,4 @@
-"""Evaluation in passes (``jaxdiff.models.passes``): the rule that picks the pass size, the same outputs as
+"""Evaluation in passes (``jaxdiff.execution.passes``): the rule that picks the pass size, the same outputs as
 one pass (one device and four), and the sampler built on it."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from flax import nnx
 
 from jaxdiff.errors import UserError
+from jaxdiff.execution.passes import CPU_PASS_MAX_BYTES, first_level_width, in_passes, pass_size
 from jaxdiff.models import create_model, functional
-from jaxdiff.models.passes import CPU_PASS_MAX_BYTES, first_level_width, in_passes, pass_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,31 +88,31 @@ def test_passes_give_the_outputs_of_one_pass():
 
 
 def test_sample_fn_in_passes_draws_the_images_of_one_pass():
-    from jaxdiff.training.mesh import make_mesh
-    from jaxdiff.training.sampling import make_sample_fn
+    from jaxdiff.inference import make_sample_fn
+    from jaxdiff.objectives import get_objective
+    from jaxdiff.sharding import make_mesh
 
     apply_fn, params = functional(create_model(TINY_UNET, rngs=nnx.Rngs(0)))
     mesh = make_mesh()
     replicated = jax.tree.map(
         lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), params
     )
+    sampling = get_objective("ddpm").make_sampling({}, "ddim", 3, 0.0)
     kw = dict(
         image_shape=(8, 8, 1),
         mesh=mesh,
         param_sharding=replicated,
-        scheduler={"_class_name": "DDIMScheduler"},
-        num_inference_steps=3,
         batch_size=8,
         num_classes=3,
     )
-    one = make_sample_fn(apply_fn, microbatch_size=8, **kw)
-    four = make_sample_fn(apply_fn, microbatch_size=2, **kw)
+    one = make_sample_fn(apply_fn, sampling, microbatch_size=8, **kw)
+    four = make_sample_fn(apply_fn, sampling, microbatch_size=2, **kw)
     key = jax.random.key(0)
     np.testing.assert_allclose(
         np.asarray(four.fn(params, key, 0)), np.asarray(one.fn(params, key, 0)), rtol=1e-4, atol=1e-4
     )
     with pytest.raises(UserError, match=r"microbatch_size=3 must divide the per-device batch 8"):
-        make_sample_fn(apply_fn, microbatch_size=3, **kw)
+        make_sample_fn(apply_fn, sampling, microbatch_size=3, **kw)
 
 
 _FOUR_DEVICES = textwrap.dedent(
@@ -121,7 +121,7 @@ _FOUR_DEVICES = textwrap.dedent(
     from flax import nnx
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from jaxdiff.models import create_model, functional
-    from jaxdiff.models.passes import in_passes
+    from jaxdiff.execution.passes import in_passes
     from tests.test_passes import TINY_UNET
 
     assert jax.device_count() == 4, jax.devices()
@@ -147,6 +147,7 @@ _FOUR_DEVICES = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_passes_on_four_devices_equal_one_device_and_keep_rows_in_place():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])

@@ -24,7 +24,9 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from _mp_worker import (
+import pytest
+
+from tests._mp_worker import (
     HANG_MARKER,
     REPO,
     TINY_CONFIG,
@@ -32,9 +34,11 @@ from _mp_worker import (
     load_info,
     load_state,
     run_checked,
-    shared_cache_dir,
     subprocess_env,
 )
+from tests.conftest import shared_cache_dir
+
+pytestmark = pytest.mark.slow  # end to end: subprocesses, whole runs
 
 TIMEOUT = 600
 

@@ -20,15 +20,19 @@ import json
 import sys
 
 import numpy as np
-from _mp_worker import (
+import pytest
+
+from tests._mp_worker import (
     WORKER,
     assert_same_run,
     load_info,
     load_state,
     run_checked,
-    shared_cache_dir,
     subprocess_env,
 )
+from tests.conftest import shared_cache_dir
+
+pytestmark = pytest.mark.slow  # end to end: subprocesses, whole runs
 
 STEPS = 3
 

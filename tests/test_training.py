@@ -7,54 +7,24 @@ Peers: ``diffusers.training_utils.EMAModel``, ``diffusers.optimization.get_sched
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import pathlib
 import signal
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from jaxdiff.errors import UserError
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def shared_cache_dir(tmp_path_factory) -> pathlib.Path:
-    """One XLA cache folder for this pytest session, shared by the xdist workers and their subprocesses."""
-    base = tmp_path_factory.getbasetemp()
-    if base.name.startswith("popen-gw"):  # pytest-xdist: a worker's folder inside the session's
-        base = base.parent
-    path = base / "jaxdiff_xla_cache"
-    path.mkdir(exist_ok=True)
-    return path
+from tests.conftest import load_config
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """A persistent XLA cache for this module: the runs of one tiny model compile their step once."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    saved = {name: getattr(jax.config, name) for name in names}
-    jax.config.update("jax_compilation_cache_dir", str(shared_cache_dir(tmp_path_factory)))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    cc.reset_cache()
+def _module_compilation_cache(compilation_cache):
+    """Every test here shares the session's XLA cache (the tiny model's step compiles once)."""
     yield
-    for name, value in saved.items():
-        jax.config.update(name, value)
-    cc.reset_cache()
-
-
-def load_config(name: str):
-    """``configs/<name>.py``'s ``get_config()`` (the way ``--config`` loads a file)."""
-    spec = importlib.util.spec_from_file_location(f"_training_config_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def tiny_config(**train):
@@ -207,13 +177,13 @@ def test_optimizer_matches_torch_adamw_with_clipping():
 
 
 def test_train_step_reduces_the_loss_and_reports_metrics():
+    from jaxdiff import sharding as mesh_lib
     from jaxdiff.data import make_train_iterator
-    from jaxdiff.training import mesh as mesh_lib
-    from jaxdiff.training.loop import build_components, build_train_step
+    from jaxdiff.training.components import build_components, build_train_step
 
     config = tiny_config()  # 6 steps: warm-up to lr 1e-3 over 2, then cosine
     c = build_components(config)
-    step = build_train_step(config, c)
+    step = build_train_step(c)
     state = c.init_state()
     initial_params = jax.device_get(state.params)
     batch = next(make_train_iterator(config.data, global_batch_size=8, seed=0))
@@ -242,8 +212,8 @@ def test_microbatches_give_the_gradient_of_one_pass(objective):
     (SGD at lr 1, so the new parameters are ``params - grad``), to float rounding."""
     import optax
 
-    from jaxdiff.training import mesh as mesh_lib
-    from jaxdiff.training.loop import build_components
+    from jaxdiff import sharding as mesh_lib
+    from jaxdiff.training.components import build_components
     from jaxdiff.training.state import create_train_state
     from jaxdiff.training.step import make_loss_fn, make_train_step
 
@@ -256,7 +226,7 @@ def test_microbatches_give_the_gradient_of_one_pass(objective):
     images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 1)).astype(np.float32)
     batch = mesh_lib.global_batch({"image": images, "label": np.zeros(8, np.int32)}, c.batch_sharding)
     results = {}
-    for microbatches in (1, 2):
+    for passes in (1, 2):
         step = make_train_step(
             apply_fn=c.apply_fn,
             loss_fn=make_loss_fn(config),
@@ -265,11 +235,11 @@ def test_microbatches_give_the_gradient_of_one_pass(objective):
             ema_update=lambda ema, params, step: (ema, jnp.float32(0)),
             state_sharding=sharding,
             batch_sharding=c.batch_sharding,
-            microbatches=microbatches,
+            passes=passes,
             donate=False,
         )
         state, metrics = step(jax.device_put(host, sharding), batch)
-        results[microbatches] = (jax.device_get(state.params), jax.device_get(metrics))
+        results[passes] = (jax.device_get(state.params), jax.device_get(metrics))
     (one_pass, m1), (split, m2) = results[1], results[2]
     assert float(m1["grad_norm"]) > 0
     np.testing.assert_allclose(float(m2["loss"]), float(m1["loss"]), rtol=1e-6)
@@ -282,37 +252,44 @@ def test_microbatches_give_the_gradient_of_one_pass(objective):
 
 
 def test_microbatch_size_auto_and_its_errors():
-    from jaxdiff.training.loop import build_components, microbatch_count
-    from jaxdiff.training.mesh import make_mesh
+    from flax import nnx
+
+    from jaxdiff.models import create_model, functional
+    from jaxdiff.run_config import parse_run_config
+    from jaxdiff.sharding import make_mesh
+    from jaxdiff.training.components import build_components, train_pass_count
 
     mesh = make_mesh()  # one CPU device
     for batch_size, image_size, size, dropout, want in [
         (64, 32, 0, 0.0, 4),  # automatic on a CPU: the course UNet (64 x 32x32x64 floats) in passes of 16
         (64, 16, 0, 0.0, 1),  # the digits UNet's activations (64 x 16x16x64) fit the caches: one pass
         (16, 32, 0, 0.0, 1),
-        (40, 32, 0, 0.0, 1),  # 16 does not divide 40: one pass
+        (40, 32, 0, 0.0, 4),  # the one rule of jaxdiff.execution.passes: 4 passes of 10 (2.5 MiB each)
         (64, 32, 0, 0.1, 1),  # dropout masks would depend on the device count: one pass
         (64, 16, 8, 0.1, 8),
         (64, 32, 64, 0.0, 1),
     ]:
         config = tiny_config(batch_size=batch_size, microbatch_size=size)
-        config.data.image_size = config.model.sample_size = image_size
+        config.data.image_size = image_size  # model.sample_size follows (tied)
         config.model.block_out_channels = (64, 128)
         config.model.dropout = dropout
-        assert microbatch_count(config, mesh) == want, (batch_size, image_size, size, dropout)
+        run = parse_run_config(config)
+        assert run.model["sample_size"] == image_size
+        params = functional(nnx.eval_shape(lambda run=run: create_model(run.model, rngs=nnx.Rngs(0))))[1]
+        assert train_pass_count(run, mesh, params) == want, (batch_size, image_size, size, dropout)
     with pytest.raises(UserError, match=r"train.microbatch_size=3 must divide the per-device batch 8"):
         build_components(tiny_config(microbatch_size=3))
 
 
 def test_non_finite_step_keeps_the_state_bitwise_and_a_good_step_follows():
+    from jaxdiff import sharding as mesh_lib
     from jaxdiff.data import make_train_iterator
-    from jaxdiff.training import mesh as mesh_lib
+    from jaxdiff.training.components import build_components, build_train_step
     from jaxdiff.training.ema import make_ema_update
-    from jaxdiff.training.loop import build_components, build_train_step
 
     config = tiny_config()
     c = build_components(config)
-    step = build_train_step(config, c)
+    step = build_train_step(c)
     raw = next(make_train_iterator(config.data, global_batch_size=8, seed=0))
     good = {"image": np.asarray(raw["image"]), "label": np.asarray(raw["label"])}
     poisoned = dict(good, image=good["image"].copy())
@@ -331,7 +308,7 @@ def test_non_finite_step_keeps_the_state_bitwise_and_a_good_step_follows():
 
 
 def test_unknown_objective_and_batch_size_are_user_errors():
-    from jaxdiff.training import mesh as mesh_lib
+    from jaxdiff import sharding as mesh_lib
     from jaxdiff.training.step import make_loss_fn
 
     config = tiny_config()
@@ -350,7 +327,7 @@ def test_unknown_objective_and_batch_size_are_user_errors():
 
 def _signal_at(monkeypatch, step: int):
     """Send SIGTERM to this process when the loop assembles batch number ``step`` (1-based)."""
-    from jaxdiff.training import mesh as mesh_lib
+    from jaxdiff import sharding as mesh_lib
 
     real = mesh_lib.global_batch
     calls = {"n": 0}
@@ -364,8 +341,9 @@ def _signal_at(monkeypatch, step: int):
     monkeypatch.setattr(mesh_lib, "global_batch", global_batch)
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_is_bitwise_identical_to_one_run(tmp_path, monkeypatch):
-    from jaxdiff.training.loop import train_and_evaluate
+    from jaxdiff.training.trainer import train_and_evaluate
 
     config = tiny_config(num_steps=6, checkpoint_every=4)  # cosine lr over 6 steps: resume must be exact
     once = train_and_evaluate(config, tmp_path / "once")
@@ -411,9 +389,10 @@ def test_sigterm_then_resume_is_bitwise_identical_to_one_run(tmp_path, monkeypat
     assert (tmp_path / "split" / "config.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoints(tmp_path, monkeypatch):
-    from jaxdiff.training import mesh as mesh_lib
-    from jaxdiff.training.loop import NonFiniteLossError, train_and_evaluate
+    from jaxdiff import sharding as mesh_lib
+    from jaxdiff.training.trainer import NonFiniteLossError, train_and_evaluate
 
     real = mesh_lib.global_batch
     calls = {"n": 0}
@@ -530,7 +509,7 @@ def test_checkpoint_of_another_structure_is_refused_without_moving_it(tmp_path):
 def test_grid_and_strip_layout(tmp_path):
     from PIL import Image
 
-    from jaxdiff.images import make_grid, make_process_strip, save_grid, to_uint8
+    from jaxdiff.grids import make_grid, make_process_strip, save_grid, to_uint8
 
     np.testing.assert_array_equal(to_uint8(np.array([-1.0, 0.0, 1.0, 2.0])), [0, 128, 255, 255])
     images = np.stack([np.full((2, 3, 1), v, np.float32) for v in (-1.0, 1.0, 0.0)])
@@ -551,18 +530,16 @@ def test_grid_and_strip_layout(tmp_path):
 
 
 def test_config_validation_names_the_bad_key():
-    from jaxdiff.training.config import validate_config
+    from jaxdiff.run_config import validate_config
 
     cases = [
-        (("data", "channels", 3), "model.in_channels=1"),
-        (("model", "sample_size", 32), "model.sample_size=32"),
         (("train", "mixed_precision", "fp16"), "train.mixed_precision='fp16'"),
         (("train", "lr_schedule", "step"), "train.lr_schedule='step'"),
-        (("sample", "sampler", "heun"), "sample.sampler='heun'"),
+        (("sample", "sampler", "lms"), "sample.sampler='lms'"),
         (("sample", "num_inference_steps", 1001), "sample.num_inference_steps=1001"),
         (("model", "block_out_channels", (8, 10)), "norm_num_groups"),
         (("model", "down_block_types", ("DownBlock2D", "CrossAttnDownBlock2D")), "CrossAttnDownBlock2D"),
-        (("train", "warmup_steps", 6), "train.warmup_steps=6"),
+        (("train", "warmup_steps", -1), "train.warmup_steps=-1"),
         (("train", "learnin_rate", 0.1), "unknown config key 'train.learnin_rate'"),
         (("sample", "steps", 10), "unknown config key 'sample.steps'"),
     ]
@@ -574,14 +551,56 @@ def test_config_validation_names_the_bad_key():
             validate_config(config)
         assert "\n" not in str(info.value)
 
+    # A model section that does not follow the data (here replaced wholesale, so untied) is refused.
+    config = tiny_config()
+    config.data.channels = 3
+    config.model = ml_collections.ConfigDict(
+        {"_class_name": "BasicUNet", "in_channels": 1, "out_channels": 3}
+    )
+    with pytest.raises(UserError, match=r"model.in_channels=1 is not allowed; it must equal data.channels=3"):
+        validate_config(config)
+
+
+def test_model_shape_follows_the_data_section():
+    """The default config ties model.sample_size / in_channels / out_channels to the data section: a
+    config or a --config flag sets the image size and channels once."""
+    from jaxdiff.run_config import parse_run_config
+
+    config = tiny_config()
+    config.data.image_size, config.data.channels = 32, 3
+    run = parse_run_config(config)
+    assert (run.model["sample_size"], run.model["in_channels"], run.model["out_channels"]) == (32, 3, 3)
+    assert run.image_shape == (32, 32, 3)
+
+
+def test_a_warmup_longer_than_the_run_is_derived_not_refused():
+    """--config.train.num_steps=20 on a recipe with a 100-step warm-up: the warm-up becomes num_steps - 1
+    (the learning rate peaks at the last update), with one logged line; a constant schedule keeps it."""
+    from jaxdiff.run_config import parse_run_config
+    from jaxdiff.training.optimizer import make_lr_schedule
+
+    config = load_config("digits")
+    config.train.num_steps = 20
+    said = []
+    run = parse_run_config(config, log=said.append)
+    assert run.train.warmup_steps == 19 and config.train.warmup_steps == 100
+    assert said == [
+        "train.warmup_steps=100 is not below train.num_steps=20: warming up over 19 steps instead"
+    ]
+    schedule = make_lr_schedule(run.train.learning_rate, lr_schedule="cosine", warmup_steps=19, num_steps=20)
+    assert float(schedule(0)) == 0.0 and float(schedule(19)) == pytest.approx(run.train.learning_rate)
+    config.train.lr_schedule = "constant"
+    said.clear()
+    assert parse_run_config(config, log=said.append).train.warmup_steps == 100 and not said
+
 
 def test_shipped_configs_are_valid_and_match_their_recipes():
     from jaxdiff.models import param_count
-    from jaxdiff.training.config import (
+    from jaxdiff.run_config import (
         DIFFUSION_KEYS,
         SAMPLE_KEYS,
         TRAIN_KEYS,
-        normalized_model_config,
+        parse_run_config,
         validate_config,
     )
 
@@ -601,7 +620,7 @@ def test_shipped_configs_are_valid_and_match_their_recipes():
     model = nnx.eval_shape(lambda: create_model(cifar.model, rngs=nnx.Rngs(0)))
     assert round(param_count(model) / 1e6, 1) == 35.7
     butterflies = load_config("butterflies")
-    assert normalized_model_config(butterflies)["block_out_channels"] == (64, 128, 128, 256)
+    assert parse_run_config(butterflies).model["block_out_channels"] == (64, 128, 128, 256)
     assert butterflies.diffusion.beta_schedule == "squaredcos_cap_v2"
     assert (butterflies.train.learning_rate, butterflies.train.batch_size) == (4e-4, 64)
 

@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from jaxdiff.models import layers, winograd
+from jaxdiff.execution import winograd
+from jaxdiff.models import layers
 
 DN = ("NHWC", "HWIO", "NHWC")
 SAME1 = ((1, 1), (1, 1))
@@ -120,6 +121,7 @@ def test_conv2d_uses_winograd_unless_opted_out(monkeypatch):
     assert conv.conv_general_dilated is lax.conv_general_dilated
 
 
+@pytest.mark.slow
 def test_opt_out_gives_xlas_convolution_in_a_fresh_process():
     probe = (
         "import jax, jax.numpy as jnp; from flax import nnx; from jaxdiff.models import layers\n"

@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxdiff.data.images import to_uint8_image
 from jaxdiff.data.options import DataOptions
-from jaxdiff.data.sources import ArraySource
+from jaxdiff.data.records import ArraySource
 
 
 @functools.cache

@@ -22,7 +22,7 @@ from PIL import Image
 
 from jaxdiff.data.images import open_image, to_uint8_image
 from jaxdiff.data.options import DataOptions
-from jaxdiff.data.sources import make_record
+from jaxdiff.data.records import make_record
 from jaxdiff.errors import UserError
 
 CACHE_LIMIT_BYTES = 1 << 30

@@ -11,55 +11,19 @@ configured ``image_size`` (S) and ``channels`` (C). ``data.source`` picks one:
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
-
+from jaxdiff.data.digits import digits_source
+from jaxdiff.data.folder import FolderSource
+from jaxdiff.data.hf import HfSource
 from jaxdiff.data.options import DataOptions, parse_data_config
+from jaxdiff.data.records import ArraySource, ImageSource, first_line, make_record
+from jaxdiff.data.tfds_source import TfdsSource
 from jaxdiff.errors import UserError
 
+__all__ = ["ArraySource", "ImageSource", "SCHEMES", "first_line", "make_record", "make_source", "split_name"]
+
 SCHEMES = ("digits", "tfds:NAME[:split]", "folder:PATH", "hf:NAME[:split]")
-
-
-class ImageSource(Protocol):
-    """What the pipeline needs from a source (grain's ``RandomAccessDataSource`` protocol)."""
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]: ...
-
-
-def first_line(error: BaseException) -> str:
-    """An exception's message cut to its first line (for one-line UserErrors)."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-def make_record(image: np.ndarray, label: Any) -> dict[str, np.ndarray]:
-    """A source record; ``label`` becomes int32 when it is an integer scalar, else 0."""
-    label = np.asarray(label) if label is not None else None
-    if label is None or label.shape != () or not np.issubdtype(label.dtype, np.integer):
-        label = 0
-    return {"image": image, "label": np.int32(label)}
-
-
-class ArraySource:
-    """Images held in memory: uint8 ``[N, S, S, C]`` and int32 labels ``[N]``."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, name: str):
-        assert images.dtype == np.uint8 and images.ndim == 4 and len(labels) == len(images)
-        self.images = images
-        self.labels = np.asarray(labels, np.int32)
-        self.name = name
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        return {"image": self.images[index], "label": self.labels[index]}
-
-    def __repr__(self) -> str:
-        return f"ArraySource({self.name}, n={len(self)}, image={self.images.shape[1:]})"
 
 
 def split_name(rest: str, source: str) -> tuple[str, str]:
@@ -91,19 +55,11 @@ def make_source(data_config: Any) -> ImageSource:
     opts: DataOptions = parse_data_config(data_config)
     scheme, sep, rest = opts.source.partition(":")
     if scheme == "digits" and not sep:
-        from jaxdiff.data.digits import digits_source
-
         return digits_source(opts)
     if scheme == "folder" and sep:
-        from jaxdiff.data.folder import FolderSource
-
         return FolderSource(rest, opts)
     if scheme == "tfds" and sep:
-        from jaxdiff.data.tfds_source import TfdsSource
-
         return TfdsSource(*split_name(rest, opts.source), opts)
     if scheme == "hf" and sep:
-        from jaxdiff.data.hf import HfSource
-
         return HfSource(*split_name(rest, opts.source), opts)
     raise UserError(f"unknown data.source {opts.source!r}; allowed: {', '.join(SCHEMES)}")

@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxdiff.data.images import to_uint8_image
 from jaxdiff.data.options import DataOptions
-from jaxdiff.data.sources import first_line, make_record
+from jaxdiff.data.records import first_line, make_record
 from jaxdiff.errors import UserError
 
 _ERRORS = (ValueError, NotImplementedError, FileNotFoundError, OSError, ImportError, AssertionError)

@@ -13,6 +13,7 @@ from flax import nnx
 
 from jaxdiff.models.basic_unet import BasicUNet
 from jaxdiff.models.config import BASIC_UNET_CLASS_NAME, UNET2D_DEFAULTS, class_name, normalize_config
+from jaxdiff.models.embeddings import GaussianFourierProjection
 from jaxdiff.models.layers import Dtype
 from jaxdiff.models.unet2d import UNet2D
 
@@ -79,8 +80,6 @@ def frozen_param_paths(model: nnx.Module) -> tuple[tuple[str, ...], ...]:
     They travel with the weights but get no optimizer update at all (no weight decay either), as
     ``torch.optim.AdamW`` skips a parameter without a gradient.
     """
-    from jaxdiff.models.embeddings import GaussianFourierProjection
-
     return tuple(
         tuple(str(k) for k in path) + ("weight",)
         for path, node in nnx.iter_graph(model)

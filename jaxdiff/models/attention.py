@@ -1,35 +1,15 @@
 """Spatial self-attention of the DDPM UNet (diffusers ``Attention`` as built by
 ``AttnDownBlock2D`` / ``AttnUpBlock2D`` / ``UNetMidBlock2D``), NHWC, through
-``jax.nn.dot_product_attention``."""
+``jaxdiff.execution.ops.dot_product_attention`` (the platform's best kernel)."""
 
 from __future__ import annotations
-
-import os
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdiff.execution.ops import dot_product_attention
 from jaxdiff.models.layers import Dtype, group_norm, linear
-
-
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """Softmax attention over ``[B, L, heads, head_dim]`` arrays, scaled by ``head_dim ** -0.5``.
-
-    On a CUDA GPU with half-precision inputs, cuDNN's fused (flash) kernel is tried first; its
-    shape checks run while tracing, so an unsupported shape falls back to XLA's implementation,
-    which is also what CPUs and TPUs get (XLA accumulates the logits and softmax in float32).
-    ``JAXDIFF_ATTENTION=xla`` or ``=cudnn`` in the environment forces one implementation.
-    """
-    forced = os.environ.get("JAXDIFF_ATTENTION", "").lower()
-    if forced in ("xla", "cudnn"):
-        return jax.nn.dot_product_attention(q, k, v, implementation=forced)
-    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
-        try:
-            return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
-        except (NotImplementedError, ValueError, RuntimeError, TypeError):
-            pass
-    return jax.nn.dot_product_attention(q, k, v, implementation="xla")
 
 
 class Attention(nnx.Module):

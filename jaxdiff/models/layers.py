@@ -18,7 +18,7 @@ from flax import nnx
 from jax import lax
 
 from jaxdiff.errors import UserError
-from jaxdiff.models import winograd
+from jaxdiff.execution import ops
 
 Dtype = jnp.dtype | type
 Activation = Callable[[jax.Array], jax.Array]
@@ -93,13 +93,12 @@ def conv2d(
 ) -> nnx.Conv:
     """An NHWC convolution laid out like ``torch.nn.Conv2d`` (explicit symmetric padding by default).
 
-    On a CPU, evaluating a float32 3x3 stride-1 convolution runs Winograd F(2x2, 3x3) (:mod:`.winograd`:
-    same parameters, same results up to float rounding; gradients stay XLA's) unless
-    ``JAXDIFF_NO_WINOGRAD=1`` is set when the model is built.
+    The convolution itself is the platform's choice (``jaxdiff.execution.ops``: Winograd for evaluating
+    3x3 convolutions on a CPU, same parameters and results up to float rounding).
     """
     if isinstance(padding, int):
         padding = ((padding, padding), (padding, padding))
-    conv_fn = winograd.conv_general_dilated if winograd.enabled() else lax.conv_general_dilated
+    conv_fn = ops.convolution_for_new_model()
     return nnx.Conv(
         in_channels,
         out_channels,
@@ -144,21 +143,6 @@ def _group_sums(per_channel: jax.Array, num_groups: int) -> jax.Array:
     return per_channel.reshape(b, num_groups, c // num_groups).sum(-1)
 
 
-def _to_channels(per_group: jax.Array, group_size: int) -> jax.Array:
-    """``[B, G]`` -> ``[B, 1, 1, C]``: each group's value repeated over its channels."""
-
-    def by_matmul(v: jax.Array) -> jax.Array:
-        # On a CPU, XLA fuses a repeat into the consumer and redoes the per-group arithmetic (rsqrt...)
-        # for every pixel; a dot's result is materialised once. Exact: a product with a 0/1 matrix.
-        expand = jnp.repeat(jnp.eye(v.shape[-1], dtype=v.dtype), group_size, axis=1)  # [G, C]
-        return jnp.dot(v, expand, precision=lax.Precision.HIGHEST)
-
-    def by_repeat(v: jax.Array) -> jax.Array:
-        return jnp.repeat(v, group_size, axis=-1)
-
-    return jax.lax.platform_dependent(per_group, cpu=by_matmul, default=by_repeat)[:, None, None, :]
-
-
 def _group_norm_fwd(x, scale, bias, num_groups, eps):
     b, h, w, c = x.shape
     k = c // num_groups
@@ -172,8 +156,8 @@ def _group_norm_fwd(x, scale, bias, num_groups, eps):
     rstd = jax.lax.rsqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + eps)  # [B, G]
     scale_f, bias_f = scale.astype(jnp.float32), bias.astype(jnp.float32)
     # y = (x - mean) * rstd * scale + bias, folded into one multiply-add per element.
-    mul = _to_channels(rstd, k) * scale_f
-    add = bias_f - _to_channels(mean * rstd, k) * scale_f
+    mul = ops.groups_to_channels(rstd, k) * scale_f
+    add = bias_f - ops.groups_to_channels(mean * rstd, k) * scale_f
     return xf * mul + add, (x, scale, bias, mean, rstd)
 
 
@@ -183,14 +167,17 @@ def _group_norm_bwd(num_groups, eps, res, dy):
     k = c // num_groups
     n = h * w * k
     xf, dy, scale_f = x.astype(jnp.float32), dy.astype(jnp.float32), scale.astype(jnp.float32)
-    mean_c, rstd_c = _to_channels(mean, k)[:, 0, 0], _to_channels(rstd, k)[:, 0, 0]  # [B, C]
+    mean_c, rstd_c = (
+        ops.groups_to_channels(mean, k)[:, 0, 0],
+        ops.groups_to_channels(rstd, k)[:, 0, 0],
+    )  # [B, C]
     # One reduction pass over (dy, x): per-channel sums of dy and dy * x.
     sum_dy = dy.sum(axis=(1, 2))
     sum_dy_xhat = (jnp.sum(dy * xf, axis=(1, 2)) - mean_c * sum_dy) * rstd_c  # sum of dy * x_hat
     # With g = dy * scale (the gradient at x_hat): dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat)),
     # means over each group; folded into dx = dy * p + x * q + r with per-(batch, channel) p, q, r.
-    mean_g = _to_channels(_group_sums(sum_dy * scale_f, num_groups) / n, k)[:, 0, 0]
-    mean_g_xhat = _to_channels(_group_sums(sum_dy_xhat * scale_f, num_groups) / n, k)[:, 0, 0]
+    mean_g = ops.groups_to_channels(_group_sums(sum_dy * scale_f, num_groups) / n, k)[:, 0, 0]
+    mean_g_xhat = ops.groups_to_channels(_group_sums(sum_dy_xhat * scale_f, num_groups) / n, k)[:, 0, 0]
     p = rstd_c * scale_f
     q = -rstd_c * rstd_c * mean_g_xhat
     r = rstd_c * (mean_c * rstd_c * mean_g_xhat - mean_g)

@@ -24,11 +24,10 @@ import jax
 import optax
 
 from jaxdiff.errors import UserError
+from jaxdiff.run_config import LR_SCHEDULES
 from jaxdiff.tree_paths import path_names
 
 __all__ = ["LR_SCHEDULES", "make_lr_schedule", "make_optimizer"]
-
-LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 def make_lr_schedule(

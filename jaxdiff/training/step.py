@@ -7,12 +7,11 @@
 - the loss draws its timesteps / noise / dropout from ``fold_in(state.rng, state.step)`` over the *global*
   batch shape (JAX's partitionable threefry gives the same numbers for any sharding), so 1 and N devices
   compute the same step up to the summation order of the gradient's all-reduce;
-- ``microbatches > 1`` splits each device's slice of the batch into that many equal microbatches and runs
-  the forward and backward passes one microbatch after another, averaging their gradients: the same
-  update (the loss's randomness is drawn for the whole batch first), up to float summation order, in
-  a smaller working set (on a 2-core CPU the course UNet trains ~1.08x faster at batch 64 in
-  microbatches of 16, see benchmarks/RESULTS.md). The loop is unrolled: as a ``lax.scan`` XLA:CPU
-  ran the same step ~40x slower. With dropout the masks are drawn per microbatch.
+- ``passes > 1`` splits each device's slice of the batch into that many equal microbatches
+  (``jaxdiff.execution.passes.take_pass``) and runs the forward and backward passes one after another,
+  averaging their gradients: the same update (the loss's randomness is drawn for the whole batch first),
+  up to float summation order, in a smaller working set. The loop is unrolled (XLA:CPU ran it far slower
+  as a ``lax.scan``, see benchmarks/RESULTS.md). With dropout the masks are drawn per pass.
 - ``metrics``: float32 scalars ``loss``, ``grad_norm`` (before clipping), ``lr`` (used by this update),
   ``ema_decay``, and bool ``finite``. A step whose loss or gradient is not finite leaves the state
   unchanged (``finite`` is False): a NaN never reaches the parameters, the EMA or a checkpoint, and the
@@ -33,46 +32,26 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxdiff.errors import UserError
+from jaxdiff.execution.passes import take_pass
 from jaxdiff.losses import TrainingLoss
+from jaxdiff.objectives import get_objective
 from jaxdiff.training.state import TrainState
 
-__all__ = ["OBJECTIVES", "make_loss_fn", "make_train_step"]
-
-OBJECTIVES = ("ddpm", "from_scratch")
+__all__ = ["make_loss_fn", "make_train_step"]
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 TrainStepFn = Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
 
 
-def make_loss_fn(config: Any) -> LossFn:
-    """The loss of ``config.diffusion.objective``: ``"ddpm"`` (``losses.make_diffusion_loss`` with the
-    configured schedule, ``prediction_type``, ``loss_weighting`` and ``snr_gamma``) or ``"from_scratch"``
-    (the course's corruption objective, ``corruption.make_from_scratch_loss``).
+def make_loss_fn(config: Any) -> TrainingLoss:
+    """The loss of the run's objective (``jaxdiff.objectives``): ``config`` is a run config (its
+    ``diffusion`` section is read) or a ``diffusion`` section itself (a mapping or ``ConfigDict``).
 
-    Returns ``loss_fn(apply_fn, params, x0, key, class_labels=None) -> (loss, aux)``.
+    Returns ``loss_fn(apply_fn, params, x0, key, class_labels=None) -> (loss, aux)``, a ``TrainingLoss``.
     """
-    diffusion = config.diffusion
-    objective = diffusion.get("objective", "ddpm")
-    if objective == "ddpm":
-        from jaxdiff import losses, schedules
-
-        schedule = schedules.schedule_from_config(_to_dict(diffusion))
-        return losses.make_diffusion_loss(
-            schedule,
-            prediction_type=diffusion.get("prediction_type", "epsilon"),
-            loss_weighting=diffusion.get("loss_weighting", "none"),
-            snr_gamma=float(diffusion.get("snr_gamma", 5.0)),
-        )
-    if objective == "from_scratch":
-        from jaxdiff import corruption
-
-        return corruption.make_from_scratch_loss()
-    raise UserError(f"diffusion.objective={objective!r} is not one of {', '.join(OBJECTIVES)}")
-
-
-def _to_dict(section: Any) -> dict[str, Any]:
-    return section.to_dict() if hasattr(section, "to_dict") else dict(section)
+    diffusion = config.diffusion if hasattr(config, "diffusion") else config
+    diffusion = diffusion.to_dict() if hasattr(diffusion, "to_dict") else dict(diffusion)
+    return get_objective(diffusion.get("objective", "ddpm")).make_loss(diffusion)
 
 
 def make_train_step(
@@ -85,7 +64,7 @@ def make_train_step(
     state_sharding: Any,
     batch_sharding: NamedSharding,
     class_conditional: bool = False,
-    microbatches: int = 1,
+    passes: int = 1,
     donate: bool = True,
 ) -> TrainStepFn:
     """Build the jitted train step (see the module docstring).
@@ -98,31 +77,20 @@ def make_train_step(
       state_sharding: a ``TrainState`` of ``NamedSharding``s (``mesh.tree_shardings`` of the state).
       batch_sharding: the batch's sharding (``mesh.batch_sharding``), applied to every batch leaf.
       class_conditional: pass ``batch["label"]`` to the model as ``class_labels``.
-      microbatches: run each device's slice of the batch as this many microbatches (it must divide the
+      passes: run each device's slice of the batch in this many passes (microbatches; it must divide the
         per-device batch; ``loss_fn`` must be a ``jaxdiff.losses.TrainingLoss`` when it is > 1).
       donate: donate the input state's buffers (the caller must not use that state afterwards).
     """
 
-    if microbatches < 1 or (microbatches > 1 and not isinstance(loss_fn, TrainingLoss)):
-        raise ValueError(f"microbatches={microbatches} needs an integer >= 1 (> 1: a TrainingLoss loss_fn)")
-    num_shards = batch_sharding.mesh.devices.size
-
-    def microbatch(tree: Any, k: int) -> Any:
-        """Microbatch ``k`` of every device's slice: ``[B, ...] -> [B / microbatches, ...]``, still split
-        over the devices (a reshape that keeps each device's rows on it)."""
-
-        def one(x: jax.Array) -> jax.Array:
-            split = x.reshape(num_shards, microbatches, -1, *x.shape[1:])[:, k]
-            return jax.lax.with_sharding_constraint(split.reshape(-1, *x.shape[1:]), batch_sharding)
-
-        return jax.tree.map(one, tree)
+    if passes < 1 or (passes > 1 and not isinstance(loss_fn, TrainingLoss)):
+        raise ValueError(f"passes={passes} needs an integer >= 1 (> 1: a TrainingLoss loss_fn)")
 
     def accumulated(params: Any, x0: jax.Array, key: jax.Array, labels: jax.Array | None) -> tuple[Any, Any]:
         draws, dropout_key = loss_fn.draw(key, x0)  # for the whole batch: the numbers of one pass
         grad_fn = jax.value_and_grad(loss_fn.evaluate, argnums=1, has_aux=True)
         loss, grads = None, None
-        for k in range(microbatches):
-            part = microbatch({"x0": x0, "draws": draws, "labels": labels}, k)
+        for k in range(passes):
+            part = take_pass({"x0": x0, "draws": draws, "labels": labels}, k, passes, batch_sharding)
             if grads is not None:
                 # One microbatch after another: without the barrier XLA may interleave them.
                 grads, part = jax.lax.optimization_barrier((grads, part))
@@ -136,14 +104,14 @@ def make_train_step(
             )
             loss = part_loss if loss is None else loss + part_loss
             grads = part_grads if grads is None else jax.tree.map(jnp.add, grads, part_grads)
-        return loss / microbatches, jax.tree.map(lambda g: g / microbatches, grads)
+        return loss / passes, jax.tree.map(lambda g: g / passes, grads)
 
     def train_step(
         state: TrainState, batch: Mapping[str, jax.Array]
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         key = jax.random.fold_in(state.rng, state.step)
         labels = batch["label"] if class_conditional else None
-        if microbatches == 1:
+        if passes == 1:
             grad_fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
             (loss, _), grads = grad_fn(apply_fn, state.params, batch["image"], key, labels)
         else:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from jaxdiff import cpu_tuning
+from jaxdiff.execution import xla_flags
 
 OPTION = "xla_cpu_experimental_ynn_fusion_type"
 
@@ -29,7 +29,7 @@ print(json.dumps({"xla_flags": os.environ.get("XLA_FLAGS"), "ynn_conv": "ynn" in
 
 
 def _probe(env_updates: dict[str, str], pre: str = "") -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", cpu_tuning.OPT_OUT_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_flags.OPT_OUT_ENV)}
     env.update(env_updates)
     env["JAX_PLATFORMS"] = "cpu"
     out = subprocess.run(
@@ -40,10 +40,10 @@ def _probe(env_updates: dict[str, str], pre: str = "") -> dict:
 
 def test_flag_known_to_this_jaxlib():
     # XLA aborts on unknown flags: the guard must find the option and its value in jaxlib's XLA ...
-    for _, _, needles in cpu_tuning.CPU_XLA_FLAGS:
-        assert cpu_tuning.flag_is_known(needles)
+    for _, _, needles in xla_flags.CPU_XLA_FLAGS:
+        assert xla_flags.flag_is_known(needles)
     # ... and must not claim to know a flag that does not exist.
-    assert not cpu_tuning.flag_is_known((b"xla_cpu_no_such_flag_for_jaxdiff_test",))
+    assert not xla_flags.flag_is_known((b"xla_cpu_no_such_flag_for_jaxdiff_test",))
 
 
 def test_import_adds_flag_and_convolutions_leave_ynnpack():
@@ -66,7 +66,7 @@ def test_other_user_flags_kept_and_extended():
 
 
 def test_opt_out():
-    res = _probe({cpu_tuning.OPT_OUT_ENV: "1"})
+    res = _probe({xla_flags.OPT_OUT_ENV: "1"})
     assert res["xla_flags"] is None
     assert res["ynn_conv"] is True
 
@@ -88,18 +88,18 @@ def test_backend_already_initialised_leaves_flags_alone():
     ],
 )
 def test_mentions_option(flags, expected):
-    assert cpu_tuning.mentions_option(flags, OPTION) is expected
+    assert xla_flags.mentions_option(flags, OPTION) is expected
 
 
 def test_apply_on_a_given_environment(monkeypatch):
     # In this pytest process other tests may have created a backend already; the probe tests cover that.
-    monkeypatch.setattr(cpu_tuning, "_backend_initialised", lambda: False)
+    monkeypatch.setattr(xla_flags, "_backend_initialised", lambda: False)
     env = {"XLA_FLAGS": "  --xla_dump_to=/tmp/x "}
-    added = cpu_tuning.apply_cpu_defaults(env)
+    added = xla_flags.apply_cpu_defaults(env)
     assert added == [f"--{OPTION}=-individual_convolution"]
     assert env["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x --{OPTION}=-individual_convolution"
-    assert cpu_tuning.apply_cpu_defaults(env) == []  # idempotent
-    assert cpu_tuning.apply_cpu_defaults({cpu_tuning.OPT_OUT_ENV: "true"}) == []
+    assert xla_flags.apply_cpu_defaults(env) == []  # idempotent
+    assert xla_flags.apply_cpu_defaults({xla_flags.OPT_OUT_ENV: "true"}) == []
 
 
 # -- faster formulations must stay exact: jaxdiff's GroupNorm against torch.nn.GroupNorm ---------------

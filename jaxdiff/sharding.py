@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jaxdiff.errors import UserError
@@ -32,6 +33,8 @@ __all__ = [
     "tree_shardings",
     "check_batch_size",
     "global_batch",
+    "put_global",
+    "to_host",
 ]
 
 DATA_AXIS = "data"
@@ -105,3 +108,27 @@ def global_batch(local: Any, sharding: NamedSharding) -> Any:
         return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
     return jax.tree.map(one, local)
+
+
+def put_global(tree: Any, shardings: Any) -> Any:
+    """Host arrays (the same in every process) -> global ``jax.Array``s with ``shardings``; each process
+    fills only its own devices, so this works on several hosts too."""
+
+    def one(x: Any, sharding: NamedSharding) -> jax.Array:
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree, shardings)
+
+
+def to_host(tree: Any) -> Any:
+    """Global arrays -> numpy on every process (gathered across processes when needed)."""
+
+    def one(x: Any) -> np.ndarray:
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return np.asarray(x)
+        if x.sharding.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(one, tree)

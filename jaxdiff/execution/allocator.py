@@ -12,7 +12,7 @@ for the same reason.
 A malloc replacement only takes effect when the dynamic loader puts it first, at process start, so
 :func:`relaunch_under_mimalloc` re-executes the program with ``LD_PRELOAD`` set; ``train.py``,
 ``sample.py`` and the benchmarks call it before anything else. Code that imports jaxdiff in its own
-process gets the same by starting Python under ``LD_PRELOAD=$(python -m jaxdiff.allocator)``.
+process gets the same by starting Python under ``LD_PRELOAD=$(python -m jaxdiff.execution.allocator)``.
 
 Rules: Linux only; the library comes from the ``cmeel-mimalloc`` wheel (a jaxdiff dependency on
 x86-64 Linux); an ``LD_PRELOAD`` that already names an allocator (mimalloc, tcmalloc, jemalloc) is left
@@ -26,7 +26,7 @@ import os
 import sys
 from collections.abc import MutableMapping, Sequence
 
-from jaxdiff.cpu_tuning import opted_out
+from jaxdiff.execution.xla_flags import opted_out
 
 OPT_OUT_ENV = "JAXDIFF_NO_MIMALLOC"
 DISTRIBUTION = "cmeel-mimalloc"
@@ -106,7 +106,7 @@ def active() -> bool:
 
 
 if __name__ == "__main__":
-    # ``LD_PRELOAD=$(python -m jaxdiff.allocator) python my_script.py``: prints the library's path.
+    # ``LD_PRELOAD=$(python -m jaxdiff.execution.allocator) python my_script.py``: prints the library's path.
     path = library_path()
     if path is None:
         sys.exit(f"error: {DISTRIBUTION} is not installed (pip install {DISTRIBUTION})")

@@ -9,11 +9,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import jax
+from absl import app, flags, logging
 
 from jaxdiff.errors import UserError
 
@@ -80,8 +84,6 @@ def without_traceback(message: Any) -> str:
 
 
 def _parse_flags(argv: Sequence[str]) -> list[str]:
-    from absl import flags
-
     try:
         return flags.FLAGS(argv)
     except flags.IllegalFlagValueError as e:
@@ -95,7 +97,6 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
 
 def run(main: Callable[[list[str]], Any]) -> None:
     """``absl.app.run(main)`` with one-line errors (see the module docstring)."""
-    from absl import app, logging
 
     def wrapped(argv: list[str]) -> Any:
         # absl would print library INFO lines (orbax is chatty); our own messages go to stderr directly.
@@ -113,8 +114,6 @@ def run(main: Callable[[list[str]], Any]) -> None:
 
 def config_flag_path(name: str = "config") -> str | None:
     """The file a ``config_flags.DEFINE_config_file`` flag was given (None when it was not)."""
-    from absl import flags
-
     try:
         return flags.FLAGS[name].config_filename or None
     except Exception:  # noqa: BLE001 - unparsed / absent: no file given
@@ -185,8 +184,6 @@ def maybe_initialize_distributed(
 
     On CPU, collectives between processes use gloo.
     """
-    import jax
-
     env = os.environ if environ is None else environ
     if mode not in ("auto", "yes", "no"):
         raise UserError(f"--distributed={mode!r} is not one of auto, yes, no")
@@ -219,8 +216,6 @@ def maybe_initialize_distributed(
 
 def _has_accelerator() -> bool:
     """Whether a GPU/TPU plugin is installed (checked without creating a JAX backend)."""
-    import importlib.util
-
     return any(
         importlib.util.find_spec(name) is not None
         for name in ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin")

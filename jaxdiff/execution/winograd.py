@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxdiff.cpu_tuning import opted_out
+from jaxdiff.execution.xla_flags import opted_out
 
 __all__ = [
     "MIN_PIXELS",

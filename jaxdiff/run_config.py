@@ -1,0 +1,466 @@
+"""The run config: typed, validated sections, and the default every ``configs/*.py`` extends.
+
+A run config is an ``ml_collections.ConfigDict`` with ``seed`` and five sections (``configs/``, the
+``--config.SECTION.KEY=VALUE`` flags, a workdir's ``config.json``). :func:`parse_run_config` turns it into
+a frozen :class:`RunConfig` of typed sections, checking every key without building a model, a loss or a
+sampler, and deriving what can be derived:
+
+- ``data``: ``jaxdiff.data.DataOptions``; ``model``: the diffusers ``UNet2DModel`` (or ``BasicUNet``) config
+  filled with its defaults (``jaxdiff.models.normalize_config``);
+- ``diffusion``: :class:`DiffusionOptions` (the objective, ``jaxdiff.objectives``, and the ``DDPMScheduler``
+  keys it trains for); ``train``: :class:`TrainOptions`; ``sample``: :class:`SampleOptions`.
+
+A bad key raises ``UserError`` with one line naming it, its value and what is allowed. The model's shape
+follows the data: :func:`default_config` ties ``model.sample_size`` to ``data.image_size`` and
+``model.in_channels`` / ``model.out_channels`` to ``data.channels`` (ml_collections ``FieldReference``s),
+so a config or a flag sets them once. A warm-up at least as long as the run is shortened to the run
+(``train.warmup_steps = num_steps - 1``, one logged line) rather than refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
+
+from jaxdiff import models, objectives, samplers
+from jaxdiff.checkpointing import config_fingerprint
+from jaxdiff.data import DataOptions, parse_data_config
+from jaxdiff.data import options as data_options
+from jaxdiff.errors import UserError
+
+__all__ = [
+    "DIFFUSION_KEYS",
+    "LR_SCHEDULES",
+    "MIXED_PRECISION",
+    "SAMPLE_KEYS",
+    "SECTIONS",
+    "TRAIN_KEYS",
+    "DiffusionOptions",
+    "RunConfig",
+    "SampleOptions",
+    "TrainOptions",
+    "config_to_json",
+    "default_config",
+    "load_config_json",
+    "parse_run_config",
+    "validate_config",
+    "validate_sampling",
+]
+
+logger = logging.getLogger(__name__)
+
+SECTIONS = ("data", "model", "diffusion", "train", "sample")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+MIXED_PRECISION = ("no", "bf16")
+
+
+# -- typed sections ------------------------------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise UserError(f"{key}={value!r} is not allowed; {allowed}")
+
+
+_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "int": (_is_int, "use an integer"),
+    "float": (_is_number, "use a number"),
+    "bool": (lambda v: isinstance(v, bool), "use True or False"),
+    "str": (lambda v: isinstance(v, str), "use a string"),
+    "any": (lambda v: True, ""),
+}
+
+
+def _field(default: Any, kind: str, check: Callable[[Any], bool] | None = None, allowed: str = "") -> Any:
+    """A section field: its default, its kind (``_KINDS``; ``any`` also allows None) and a range check."""
+    return dataclasses.field(default=default, metadata={"kind": kind, "check": check, "allowed": allowed})
+
+
+def _positive(default: int) -> Any:
+    return _field(default, "int", lambda v: v >= 1, "use a positive integer")
+
+
+def _non_negative(default: int) -> Any:
+    return _field(default, "int", lambda v: v >= 0, "use an integer >= 0")
+
+
+def _fraction(default: float) -> Any:
+    return _field(default, "float", lambda v: 0 <= v <= 1, "use a number in [0, 1]")
+
+
+def _parse_section(cls: type, section: Mapping[str, Any], name: str) -> Any:
+    """``cls`` (a frozen dataclass of ``_field``s) from a config section: unknown keys refused, missing keys
+    defaulted (a workdir's config from an older jaxdiff), each value's kind and range checked."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(section) - set(fields))
+    if unknown:
+        raise UserError(f"unknown config key '{name}.{unknown[0]}'; allowed: {', '.join(fields)}")
+    values = {}
+    for key, f in fields.items():
+        value = section[key] if key in section else f.default
+        if isinstance(value, list):
+            value = tuple(value)
+        kind, check = f.metadata["kind"], f.metadata["check"]
+        if kind != "any" or value is not None:
+            ok, allowed = _KINDS[kind]
+            _check(
+                ok(value) and (check is None or check(value)),
+                f"{name}.{key}",
+                value,
+                f.metadata["allowed"] or allowed,
+            )
+        values[key] = float(value) if kind == "float" else value
+    return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionOptions:
+    """The ``diffusion`` section: the objective and the ``DDPMScheduler`` config it trains for (diffusers'
+    names and meanings); ``loss_weighting`` (``none`` | ``min_snr``) and ``snr_gamma`` for ``ddpm``."""
+
+    objective: str = _field("ddpm", "str")
+    num_train_timesteps: int = _positive(1000)
+    beta_schedule: str = _field("linear", "str")
+    beta_start: float = _field(0.0001, "float")
+    beta_end: float = _field(0.02, "float")
+    trained_betas: Any = _field(None, "any")
+    rescale_betas_zero_snr: bool = _field(False, "bool")
+    prediction_type: str = _field("epsilon", "str")
+    variance_type: str = _field("fixed_small", "str")
+    clip_sample: bool = _field(True, "bool")
+    clip_sample_range: float = _field(1.0, "float")
+    thresholding: bool = _field(False, "bool")
+    dynamic_thresholding_ratio: float = _field(0.995, "float")
+    sample_max_value: float = _field(1.0, "float")
+    timestep_spacing: str = _field("leading", "str")
+    steps_offset: int = _non_negative(0)
+    loss_weighting: str = _field("none", "str")
+    snr_gamma: float = _field(5.0, "float")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """The ``train`` section (``configs/default.py`` documents each key)."""
+
+    batch_size: int = _positive(64)
+    num_steps: int = _positive(10_000)
+    learning_rate: float = _field(1e-4, "float", lambda v: v > 0, "use a number > 0")
+    lr_schedule: str = _field(
+        "cosine", "str", lambda v: v in LR_SCHEDULES, f"use one of {', '.join(LR_SCHEDULES)}"
+    )
+    warmup_steps: int = _non_negative(500)
+    weight_decay: float = _field(1e-6, "float", lambda v: v >= 0, "use a number >= 0")
+    adam_b1: float = _fraction(0.95)
+    adam_b2: float = _fraction(0.999)
+    adam_eps: float = _field(1e-8, "float", lambda v: v >= 0, "use a number >= 0")
+    grad_clip: float = _field(1.0, "float", lambda v: v >= 0, "use a number >= 0")
+    ema_decay: float = _fraction(0.9999)
+    ema_min_decay: float = _fraction(0.0)
+    ema_use_warmup: bool = _field(True, "bool")
+    ema_inv_gamma: float = _field(1.0, "float", lambda v: v > 0, "use a number > 0")
+    ema_power: float = _field(0.75, "float", lambda v: v > 0, "use a number > 0")
+    ema_update_after_step: int = _non_negative(0)
+    mixed_precision: str = _field(
+        "no", "str", lambda v: v in MIXED_PRECISION, f"use one of {', '.join(MIXED_PRECISION)}"
+    )
+    log_every: int = _positive(50)
+    sample_every: int = _non_negative(1000)
+    checkpoint_every: int = _non_negative(1000)
+    keep_checkpoints: int = _positive(3)
+    checkpoint_dir: str = _field("", "str")
+    async_checkpointing: bool = _field(True, "bool")
+    fsdp: int = _positive(1)
+    microbatch_size: int = _field(
+        0,
+        "int",
+        lambda v: v >= 0,
+        "use 0 (automatic) or a positive integer that divides the per-device batch",
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleOptions:
+    """The ``sample`` section: the periodic grids during training and ``sample.py``'s defaults."""
+
+    sampler: str = _field("ddim", "str")
+    num_inference_steps: int = _field(50, "int")
+    num_samples: int = _positive(64)
+    eta: float = _field(0.0, "float", lambda v: v >= 0, "use a number >= 0")
+    seed: int = _field(0, "int")
+    batch_size: int = _positive(64)
+    microbatch_size: int = _field(
+        0,
+        "int",
+        lambda v: v >= 0,
+        "use 0 (automatic) or a positive integer that divides the per-device sample batch",
+    )
+
+
+TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainOptions))
+DIFFUSION_KEYS = tuple(f.name for f in dataclasses.fields(DiffusionOptions))
+SAMPLE_KEYS = tuple(f.name for f in dataclasses.fields(SampleOptions))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A validated run config (see the module docstring). ``source`` is the ``ConfigDict`` it came from."""
+
+    seed: int
+    data: DataOptions
+    model: Mapping[str, Any]
+    diffusion: DiffusionOptions
+    train: TrainOptions
+    sample: SampleOptions
+    source: Any = dataclasses.field(repr=False, compare=False, default=None)
+
+    @property
+    def objective(self) -> objectives.Objective:
+        return objectives.get_objective(self.diffusion.objective)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)`` of the training images and the samples."""
+        return (self.data.image_size, self.data.image_size, self.data.channels)
+
+    @property
+    def num_classes(self) -> int | None:
+        """Class count of a class-conditional model (``num_class_embeds``), else None."""
+        conditional = self.model.get("num_class_embeds") is not None or self.model.get("class_embed_type")
+        return self.model.get("num_class_embeds") if conditional else None
+
+    @property
+    def class_conditional(self) -> bool:
+        return (
+            self.model.get("num_class_embeds") is not None or self.model.get("class_embed_type") is not None
+        )
+
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.bfloat16 if self.train.mixed_precision == "bf16" else jnp.float32
+
+    @property
+    def model_fingerprint(self) -> str:
+        """Hash of the normalized model config: equal exactly when two runs build the same parameter tree."""
+        return config_fingerprint(self.model)
+
+
+# -- parsing and validation ----------------------------------------------------------------------------------
+
+
+def _as_mapping(section: Any) -> Mapping[str, Any]:
+    return section.to_dict() if hasattr(section, "to_dict") else section
+
+
+def _check_model_matches_data(
+    model: Mapping[str, Any], data: DataOptions, diffusion: DiffusionOptions
+) -> None:
+    _check(
+        model["in_channels"] == data.channels,
+        "model.in_channels",
+        model["in_channels"],
+        f"it must equal data.channels={data.channels}",
+    )
+    learned = str(diffusion.variance_type).startswith("learned")
+    out = data.channels * (2 if learned else 1)
+    _check(
+        model["out_channels"] == out,
+        "model.out_channels",
+        model["out_channels"],
+        f"it must be {out} (data.channels{' x 2 for a learned variance' if learned else ''})",
+    )
+    size = model.get("sample_size")
+    square = (data.image_size, data.image_size)
+    _check(
+        size is None or size == data.image_size or (isinstance(size, tuple | list) and tuple(size) == square),
+        "model.sample_size",
+        size,
+        f"it must equal data.image_size={data.image_size} (or be unset)",
+    )
+    if model["_class_name"] == "UNet2DModel":
+        levels = len(model["block_out_channels"]) - 1
+        _check(
+            data.image_size % (2**levels) == 0,
+            "data.image_size",
+            data.image_size,
+            f"the UNet halves it {levels} times, so it must be a multiple of {2**levels}",
+        )
+        groups = model["norm_num_groups"]
+        bad = [c for c in model["block_out_channels"] if c % groups]
+        _check(
+            not bad,
+            "model.norm_num_groups",
+            groups,
+            f"it must divide every entry of model.block_out_channels {tuple(model['block_out_channels'])}",
+        )
+
+
+def validate_sampling(
+    sampler: Any,
+    steps: Any,
+    num_train_timesteps: int,
+    *,
+    objective: str = "ddpm",
+    key_prefix: str = "--",
+) -> str:
+    """A known sampler name (or alias) for ``objective`` and ``1 <= steps <= num_train_timesteps``
+    (``--sampler`` / ``--steps``, or the ``sample`` section with ``key_prefix="sample."``). Returns the
+    sampler's canonical name (the name itself where the objective takes no scheduler)."""
+    if objectives.get_objective(objective).uses_schedulers:
+        try:
+            sampler = samplers.resolve_sampler(sampler).name
+        except UserError:
+            names = ", ".join(samplers.sampler_names())
+            raise UserError(
+                f"{key_prefix}sampler={sampler!r} is not allowed; use one of {names} (or an alias)"
+            ) from None
+    _check(
+        _is_int(steps) and 1 <= steps <= num_train_timesteps,
+        f"{key_prefix}{'num_inference_steps' if key_prefix.endswith('.') else 'steps'}",
+        steps,
+        f"use an integer from 1 to num_train_timesteps={num_train_timesteps}",
+    )
+    return sampler
+
+
+def _derive_warmup(train: TrainOptions, log: Callable[[str], None]) -> TrainOptions:
+    """A warm-up at least as long as the run (a quick ``num_steps=20`` smoke run of a long recipe) becomes
+    ``num_steps - 1`` steps: the learning rate then reaches its peak on the last update."""
+    if train.lr_schedule == "constant" or train.warmup_steps < train.num_steps:
+        return train
+    derived = train.num_steps - 1
+    log(
+        f"train.warmup_steps={train.warmup_steps} is not below train.num_steps={train.num_steps}: "
+        f"warming up over {derived} steps instead"
+    )
+    return dataclasses.replace(train, warmup_steps=derived)
+
+
+def parse_run_config(config: Any, *, log: Callable[[str], None] | None = None) -> RunConfig:
+    """Validate a run config (``ConfigDict`` or mapping) into a :class:`RunConfig` (module docstring).
+
+    ``log`` receives the one-line notes on derived values (default: this module's logger).
+    """
+    if isinstance(config, RunConfig):
+        return config
+    for section in SECTIONS:
+        if section not in config or not isinstance(config[section], Mapping | ml_collections.ConfigDict):
+            raise UserError(f"config has no {section!r} section; every config needs {', '.join(SECTIONS)}")
+    unknown = sorted(set(config.keys()) - {"seed", *SECTIONS})
+    if unknown:
+        raise UserError(f"unknown config key {unknown[0]!r}; allowed: seed, {', '.join(SECTIONS)}")
+    seed = config.get("seed")
+    _check(_is_int(seed), "seed", seed, "use an integer")
+
+    diffusion = _parse_section(DiffusionOptions, _as_mapping(config["diffusion"]), "diffusion")
+    train = _parse_section(TrainOptions, _as_mapping(config["train"]), "train")
+    sample = _parse_section(SampleOptions, _as_mapping(config["sample"]), "sample")
+    data = parse_data_config(config["data"])
+    model = models.normalize_config(config["model"])
+    _check_model_matches_data(model, data, diffusion)
+
+    objective = objectives.get_objective(diffusion.objective)
+    diffusion_dict = diffusion.to_dict()
+    objective.validate(diffusion_dict)
+    canonical = validate_sampling(
+        sample.sampler,
+        sample.num_inference_steps,
+        diffusion.num_train_timesteps,
+        objective=diffusion.objective,
+        key_prefix="sample.",
+    )
+    sample = dataclasses.replace(sample, sampler=canonical)
+    if objective.uses_schedulers:
+        # The grids' scheduler and the exported DDPMScheduler accept these options (spacing, variance...).
+        for name in dict.fromkeys((sample.sampler, "ddpm")):
+            samplers.from_diffusers_config(
+                samplers.scheduler_config_for(name, diffusion_dict), sample.num_inference_steps
+            )
+    train = _derive_warmup(train, log or logger.warning)
+    return RunConfig(
+        seed=seed, data=data, model=model, diffusion=diffusion, train=train, sample=sample, source=config
+    )
+
+
+def validate_config(config: Any) -> None:
+    """Raise ``UserError`` for the first invalid key of a run config (see :func:`parse_run_config`)."""
+    parse_run_config(config, log=lambda message: None)
+
+
+# -- the default config and its JSON form --------------------------------------------------------------------
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every section and key at its default; ``configs/default.py`` documents them, the other configs
+    extend it. The model's shape keys are tied to the data section's (see the module docstring)."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.data = ml_collections.ConfigDict(dict(data_options.DEFAULTS))
+    config.data.data_dir = config_dict.placeholder(str)
+    config.model = model = ml_collections.ConfigDict()
+    model["_class_name"] = "UNet2DModel"
+    model.sample_size = config.data.get_ref("image_size")
+    model.in_channels = config.data.get_ref("channels")
+    model.out_channels = config.data.get_ref("channels")
+    model.layers_per_block = 2
+    model.block_out_channels = (32, 64, 64)
+    model.down_block_types = ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D")
+    model.up_block_types = ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D")
+    model.mid_block_type = "UNetMidBlock2D"
+    model.attention_head_dim = 8
+    model.norm_num_groups = 32
+    model.norm_eps = 1e-5
+    model.dropout = 0.0
+    model.act_fn = "silu"
+    model.time_embedding_type = "positional"
+    model.flip_sin_to_cos = True
+    model.freq_shift = 0
+    model.downsample_type = "conv"
+    model.upsample_type = "conv"
+    model.resnet_time_scale_shift = "default"
+    model.add_attention = True
+    model.class_embed_type = config_dict.placeholder(str)
+    model.num_class_embeds = config_dict.placeholder(int)
+    for name, cls in (("diffusion", DiffusionOptions), ("train", TrainOptions), ("sample", SampleOptions)):
+        section = ml_collections.ConfigDict()
+        for f in dataclasses.fields(cls):
+            section[f.name] = f.default
+        config[name] = section
+    config.diffusion.trained_betas = config_dict.placeholder(tuple)
+    return config
+
+
+def config_to_json(config: Any) -> str:
+    """The whole config as indented JSON (tuples become lists)."""
+    config = config.source if isinstance(config, RunConfig) else config
+    return json.dumps(config.to_dict(), indent=2, sort_keys=False, default=str)
+
+
+def load_config_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """A config written by :func:`config_to_json` (the copy in a workdir), as a ``ConfigDict``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the run config {os.fspath(path)!r}: {e}") from None

@@ -1,0 +1,297 @@
+"""The train loop: ``train_and_evaluate(config, workdir)``.
+
+What a run writes under ``workdir``:
+
+- ``config.json``: the config of the latest start (``sample.py --workdir`` reads it);
+- ``checkpoints/<step>/``: orbax checkpoints (train state, data-iterator position, model fingerprint), or
+  in ``train.checkpoint_dir`` when set (a ``gs://`` path shared by all hosts of a multi-host run);
+- ``metrics.jsonl``: one JSON line per ``log_every`` steps (step, loss, grad_norm, lr, ema_decay, img/s);
+- ``tensorboard/``: the same scalars for TensorBoard (tensorboardX);
+- ``samples/step_XXXXXXX.png``: EMA sample grids (fixed seed) every ``sample_every`` steps and at the end;
+- ``diffusers/``: at the end, a diffusers pipeline of the EMA weights (``DDPMPipeline.from_pretrained``).
+
+Restarting with the same ``workdir`` resumes from the newest usable checkpoint, exactly: the train state
+(parameters, optimizer, EMA, step, RNG) and the data order continue as if never stopped. A checkpoint of
+a different model config is refused with a ``UserError`` before anything is written.
+
+Preemption: SIGTERM (what a preempted TPU VM gets) or Ctrl-C saves a checkpoint at the current step and
+returns normally (the CLI exits 0); re-run the same command to resume. With several processes, JAX's
+preemption sync point makes every process save at the same step. A non-finite loss raises
+``NonFiniteLossError`` (a ``UserError``) naming the step; the checkpoints on disk are all from finite
+states and are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+from tqdm import tqdm
+
+from jaxdiff import grids, sharding
+from jaxdiff.checkpointing import Checkpointer, canonical_json, same_model_check
+from jaxdiff.data import make_train_iterator
+from jaxdiff.errors import UserError
+from jaxdiff.inference import checkpoint_dir, export_diffusers, generate, make_sample_fn
+from jaxdiff.run_config import RunConfig, config_to_json, parse_run_config
+from jaxdiff.training.components import Components, build_components, build_train_step
+from jaxdiff.training.metrics import MetricsWindow, MetricsWriter
+from jaxdiff.training.preemption import StopRequest
+
+__all__ = ["NonFiniteLossError", "TrainResult", "train_and_evaluate"]
+
+
+class NonFiniteLossError(UserError):
+    """The loss or the gradient became NaN/inf; the run stopped without saving that state."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train_and_evaluate` did.
+
+    Attributes:
+      state: the final ``TrainState`` (global arrays).
+      step: the step reached.
+      start_step: the step the run started (or resumed) from.
+      stopped_early: True when a signal (or ``stop_at_step``) ended the run before ``train.num_steps``.
+      workdir: the run directory.
+    """
+
+    state: Any
+    step: int
+    start_step: int
+    stopped_early: bool
+    workdir: str
+
+
+def _primary() -> bool:
+    return jax.process_index() == 0
+
+
+def _say(message: str) -> None:
+    """A user-facing line from the main process (above the progress bar)."""
+    if _primary():
+        tqdm.write(message, file=sys.stderr)
+
+
+# -- the parts of a run --------------------------------------------------------------------------------------
+
+
+def _write_config(workdir: str, config: Any) -> None:
+    if _primary():
+        os.makedirs(workdir, exist_ok=True)
+        tmp = os.path.join(workdir, "config.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(config_to_json(config))
+        os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
+def _grid_writer(run: RunConfig, c: Components, workdir: str) -> Callable[[int, Any], None]:
+    """``write(step, ema_params)``: the run's fixed-seed sample grid as ``samples/step_XXXXXXX.png``."""
+    s = run.sample
+    sampling = run.objective.make_sampling(run.diffusion.to_dict(), s.sampler, s.num_inference_steps, s.eta)
+    fn = make_sample_fn(
+        c.apply_fn,
+        sampling,
+        image_shape=run.image_shape,
+        mesh=c.mesh,
+        param_sharding=c.state_sharding.ema_params,
+        batch_size=min(s.batch_size, s.num_samples),
+        num_classes=run.num_classes,
+        microbatch_size=s.microbatch_size,
+    )
+
+    def write(step: int, params: Any) -> None:
+        images = generate(fn, params, seed=s.seed, num_samples=s.num_samples)
+        if _primary():
+            grids.save_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), images)
+
+    return write
+
+
+class _StepMetrics:
+    """Fetches each step's metrics one step late (so the device stays busy), stops on a non-finite loss."""
+
+    def __init__(self, window: MetricsWindow, bar: Any):
+        self.window, self.bar = window, bar
+        self.pending: tuple[int, Any] | None = None
+        self.last_saved: int | None = None
+
+    def push(self, step: int, metrics: Any) -> None:
+        self.flush()
+        self.pending = (step, metrics)
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        step, metrics = self.pending
+        self.pending = None
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not m["finite"]:
+            kept = f"step {self.last_saved}" if self.last_saved is not None else "none saved yet"
+            raise NonFiniteLossError(
+                f"the loss is not finite (loss={m['loss']}, grad_norm={m['grad_norm']}) at step {step}; "
+                f"stopped without saving it (last good checkpoint: {kept}). "
+                "Lower train.learning_rate or set train.grad_clip"
+            )
+        self.window.add(m)
+        self.bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
+
+
+@contextlib.contextmanager
+def _progress(start: int, total: int) -> Iterator[Any]:
+    bar = tqdm(
+        total=total,
+        initial=start,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not _primary(),
+        file=sys.stderr,
+        mininterval=0.5,
+    )
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+# -- the loop ------------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(
+    config: Any, workdir: str | os.PathLike, *, stop_at_step: int | None = None
+) -> TrainResult:
+    """Train (or resume training) the model of ``config``, writing everything under ``workdir``.
+
+    Args:
+      config: a run config (``configs/default.py`` sections); validated first.
+      workdir: the run directory (created if missing).
+      stop_at_step: stop after this step as if preempted (checkpoint saved, no export): for tests and
+        for splitting a run into chunks. None trains to ``config.train.num_steps``.
+
+    Returns:
+      A :class:`TrainResult`.
+
+    Raises:
+      UserError: an invalid config, a workdir of another model, or (``NonFiniteLossError``) a NaN loss.
+    """
+    run = parse_run_config(config, log=_say)
+    workdir = os.path.abspath(os.fspath(workdir))
+    tc = run.train
+    num_steps = tc.num_steps
+    end_step = num_steps if stop_at_step is None else min(num_steps, int(stop_at_step))
+
+    # Everything that can refuse bad input comes before the first write into the workdir; the data source
+    # first, so a bad one is reported before the model is built.
+    data_iter = make_train_iterator(
+        run.data,
+        global_batch_size=tc.batch_size,
+        seed=run.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    c = build_components(run)
+    train_step = build_train_step(c)
+    write_grid = _grid_writer(run, c, workdir)
+    ckpt = Checkpointer(
+        checkpoint_dir(tc.checkpoint_dir, workdir),
+        max_to_keep=tc.keep_checkpoints,
+        async_save=tc.async_checkpointing,
+        log=_say,
+    )
+    try:
+        restored = ckpt.restore(
+            c.abstract_state,
+            data_iterator=data_iter,
+            check_meta=same_model_check(workdir, c.fingerprint, c.model_config),
+        )
+    except BaseException:
+        ckpt.close()
+        raise
+    if restored is not None:
+        state, start_step = restored.state, restored.step
+        _say(f"resuming from the checkpoint at step {start_step} in {ckpt.directory}")
+    else:
+        state, start_step = c.init_state(), 0
+    _write_config(workdir, run.source)
+    meta = {
+        "fingerprint": c.fingerprint,
+        "model": json.loads(canonical_json(c.model_config)),
+        "config": json.loads(config_to_json(run.source)),
+    }
+
+    writer = MetricsWriter(workdir, start_step)
+    window = MetricsWindow()
+    step, stopped_early = start_step, False
+    try:
+        with StopRequest() as stop, _progress(start_step, num_steps) as bar:
+            metrics = _StepMetrics(window, bar)
+            metrics.last_saved = start_step if restored is not None else None
+            while step < end_step:
+                local = next(data_iter)
+                batch = sharding.global_batch(
+                    {"image": local["image"], "label": local["label"]}, c.batch_sharding
+                )
+                state, step_metrics = train_step(state, batch)
+                step += 1
+                window.tick()
+                metrics.push(step, step_metrics)
+                bar.update(1)
+
+                is_last = step == num_steps
+                want_log = step % tc.log_every == 0 or is_last
+                want_ckpt = (tc.checkpoint_every and step % tc.checkpoint_every == 0) or is_last
+                want_grid = (tc.sample_every and step % tc.sample_every == 0) or is_last
+                want_stop = stop.requested(step) or step == end_step
+                if not (want_log or want_ckpt or want_grid or want_stop):
+                    continue
+                metrics.flush()
+                scalars = window.summary(tc.batch_size) if want_log else None
+                if scalars is not None:
+                    writer.write(step, scalars)
+                    bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['img_per_s']:.0f}")
+                if want_ckpt or want_stop:
+                    ckpt.save(step, state, data_iterator=data_iter, meta=meta)
+                    metrics.last_saved = step
+                if want_grid:
+                    write_grid(step, state.ema_params)
+                if want_stop and step < num_steps:
+                    stopped_early = True
+                    ckpt.wait()
+                    why = stop.signal_name or f"stop_at_step={end_step}"
+                    _say(
+                        f"stopped by {why} at step {step}: checkpoint saved in {ckpt.directory}; "
+                        "run the same command again to resume"
+                    )
+                    break
+                window.restart_clock()  # grids and checkpoints do not count against images/s
+
+        if not stopped_early:
+            _finish(run, state, start_step, workdir, ckpt)
+    finally:
+        writer.close()
+        ckpt.close()
+    return TrainResult(
+        state=state, step=step, start_step=start_step, stopped_early=stopped_early, workdir=workdir
+    )
+
+
+def _finish(run: RunConfig, state: Any, start_step: int, workdir: str, ckpt: Checkpointer) -> None:
+    """The end of a run: the diffusers export of the EMA weights (again only if it is missing)."""
+    num_steps = run.train.num_steps
+    if start_step >= num_steps:
+        _say(
+            f"already trained to train.num_steps={num_steps} (checkpoint at step {start_step}); "
+            "raise --config.train.num_steps to train further"
+        )
+    export_dir = os.path.join(workdir, "diffusers")
+    if start_step < num_steps or not os.path.exists(os.path.join(export_dir, "model_index.json")):
+        ckpt.wait()
+        if export_diffusers(run.model, run.diffusion.to_dict(), state.ema_params, export_dir):
+            _say(f"exported the EMA model as a diffusers pipeline to {export_dir}")

@@ -1,0 +1,1 @@
+"""jaxdiff's tests: a package, so ``tests.*`` never resolves to another distribution's ``tests``."""
