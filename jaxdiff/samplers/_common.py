@@ -26,6 +26,15 @@ THRESHOLDING_DEFAULTS: dict[str, Any] = {
 }
 
 
+def as_dict(config: Any, what: str) -> dict[str, Any]:
+    """A plain dict of a mapping or an ``ml_collections.ConfigDict``; UserError naming ``what`` otherwise."""
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    if not isinstance(config, Mapping):
+        raise UserError(f"{what} must be a mapping, got {type(config).__name__}")
+    return dict(config)
+
+
 def train_alphas_cumprod(cfg: Mapping[str, Any]) -> np.ndarray:
     """float32 ``alpha_bar [T]`` of the training schedule a scheduler config describes."""
     betas = make_betas(**schedule_kwargs(cfg))

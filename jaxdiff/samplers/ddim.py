@@ -21,9 +21,11 @@ from jaxdiff.samplers._common import (
     train_alphas_cumprod,
 )
 from jaxdiff.samplers.base import Sampler
+from jaxdiff.samplers.registry import SamplerEntry
 from jaxdiff.samplers.thresholding import PREDICTION_TYPES, X0Clipping, clip_x0, predicted_x0_and_eps
 from jaxdiff.samplers.timesteps import spaced_timesteps
 
+KIND = "ddim"  # Sampler.kind, the key of its step function in samplers/scan.py
 CLASS_NAME = "DDIMScheduler"
 
 # DDIMScheduler.__init__ defaults in diffusers 0.42.1.
@@ -42,6 +44,21 @@ DEFAULTS: dict[str, Any] = {
 CALL_DEFAULTS: dict[str, Any] = {"eta": 0.0, "use_clipped_model_output": False}
 IMPLEMENTED = frozenset(DEFAULTS) | frozenset(CALL_DEFAULTS)
 
+# Its short names (samplers/catalog.py registers them).
+ENTRIES = (
+    SamplerEntry(
+        name="ddim",
+        class_name=CLASS_NAME,
+        train_keys=(
+            "clip_sample",
+            "clip_sample_range",
+            "timestep_spacing",
+            "steps_offset",
+            *THRESHOLDING_DEFAULTS,
+        ),
+    ),
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class DDIMOptions:
@@ -49,7 +66,7 @@ class DDIMOptions:
     clipping: X0Clipping
     eta: float
     use_clipped_model_output: bool
-    kind: ClassVar[str] = "ddim"
+    kind: ClassVar[str] = KIND
 
     @property
     def stochastic(self) -> bool:

@@ -23,9 +23,11 @@ from jaxdiff.samplers._common import (
     train_alphas_cumprod,
 )
 from jaxdiff.samplers.base import Sampler
+from jaxdiff.samplers.registry import SamplerEntry
 from jaxdiff.samplers.thresholding import PREDICTION_TYPES, X0Clipping, clip_x0, predicted_x0_and_eps
 from jaxdiff.samplers.timesteps import spaced_timesteps
 
+KIND = "ddpm"  # Sampler.kind, the key of its step function in samplers/scan.py
 CLASS_NAME = "DDPMScheduler"
 
 # DDPMScheduler.__init__ defaults in diffusers 0.42.1.
@@ -47,13 +49,30 @@ IMPLEMENTED = frozenset(DEFAULTS)
 # "fixed_large_log" yields sqrt(log(beta)) = NaN in diffusers; "learned*" need a 2C-channel model output.
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
 
+# Its short names (samplers/catalog.py registers them).
+ENTRIES = (
+    SamplerEntry(
+        name="ddpm",
+        class_name=CLASS_NAME,
+        train_keys=(
+            "variance_type",
+            "clip_sample",
+            "clip_sample_range",
+            "timestep_spacing",
+            "steps_offset",
+            *THRESHOLDING_DEFAULTS,
+        ),
+        stochastic=True,
+    ),
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class DDPMOptions:
     prediction_type: str
     variance_type: str
     clipping: X0Clipping
-    kind: ClassVar[str] = "ddpm"
+    kind: ClassVar[str] = KIND
     stochastic: ClassVar[bool] = True
 
 

@@ -25,6 +25,7 @@ from jaxdiff.samplers._common import (
     train_alphas_cumprod,
 )
 from jaxdiff.samplers.base import Sampler
+from jaxdiff.samplers.registry import SamplerEntry
 from jaxdiff.samplers.thresholding import PREDICTION_TYPES, X0Clipping, clip_x0
 from jaxdiff.samplers.timesteps import (
     dpm_spaced_timesteps,
@@ -35,6 +36,7 @@ from jaxdiff.samplers.timesteps import (
     train_sigmas,
 )
 
+KIND = "dpmsolver++"  # Sampler.kind, the key of its step function in samplers/scan.py
 CLASS_NAME = "DPMSolverMultistepScheduler"
 
 # DPMSolverMultistepScheduler.__init__ defaults in diffusers 0.42.1.
@@ -99,6 +101,15 @@ _SOLVER_TYPE_ALIASES = {
     "bh2": "midpoint",
 }
 
+# Its short names (samplers/catalog.py registers them).
+ENTRIES = (
+    SamplerEntry(
+        name="dpm++",
+        class_name=CLASS_NAME,
+        aliases=("dpmsolver++", "dpm-solver++", "dpm++2m"),
+    ),
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class DPMSolverOptions:
@@ -106,7 +117,7 @@ class DPMSolverOptions:
     solver_order: int
     solver_type: str
     clipping: X0Clipping
-    kind: ClassVar[str] = "dpmsolver++"
+    kind: ClassVar[str] = KIND
     stochastic: ClassVar[bool] = False
 
 

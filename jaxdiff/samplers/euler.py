@@ -18,6 +18,7 @@ import numpy as np
 from jaxdiff.errors import UserError
 from jaxdiff.samplers._common import SCHEDULE_DEFAULTS, check_choice, check_num_steps, train_alphas_cumprod
 from jaxdiff.samplers.base import Sampler
+from jaxdiff.samplers.registry import SamplerEntry
 from jaxdiff.samplers.timesteps import (
     euler_spaced_timesteps,
     exponential_sigmas,
@@ -26,6 +27,7 @@ from jaxdiff.samplers.timesteps import (
     train_sigmas,
 )
 
+KIND = "euler"  # Sampler.kind, the key of its step function in samplers/scan.py
 CLASS_NAME = "EulerDiscreteScheduler"
 
 # EulerDiscreteScheduler.__init__ defaults in diffusers 0.42.1.
@@ -49,11 +51,14 @@ CALL_DEFAULTS: dict[str, Any] = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float(
 IMPLEMENTED = frozenset(DEFAULTS) - {"use_beta_sigmas"}
 PREDICTION_TYPES = ("epsilon", "sample", "original_sample", "v_prediction")
 
+# Its short names (samplers/catalog.py registers them).
+ENTRIES = (SamplerEntry(name="euler", class_name=CLASS_NAME),)
+
 
 @dataclasses.dataclass(frozen=True)
 class EulerOptions:
     prediction_type: str
-    kind: ClassVar[str] = "euler"
+    kind: ClassVar[str] = KIND
     stochastic: ClassVar[bool] = False
 
 

@@ -9,12 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.errors import UserError
-from jaxdiff.samplers import ddim, ddpm, dpm_solver, euler
 from jaxdiff.samplers.base import Sampler, step_noise
+from jaxdiff.samplers.catalog import BY_KIND
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
-
-_KINDS = {"ddpm": ddpm, "ddim": ddim, "dpmsolver++": dpm_solver, "euler": euler}
 
 
 def recorded_steps(num_steps: int, every: int) -> np.ndarray:
@@ -53,7 +51,7 @@ def sample(
       ``x_0`` float32 with ``x_T``'s shape; with ``intermediates_every``, ``(x_0, intermediates)`` where
       ``intermediates = {"x_t": [M, B, ...], "pred_x0": [M, B, ...], "timesteps": [M]}``.
     """
-    kind = _KINDS[sampler.kind]
+    kind = BY_KIND[sampler.kind]
     stochastic = sampler.stochastic
     if stochastic and key is None:
         raise UserError(f"the {sampler.kind} sampler is stochastic: pass a PRNG key")
