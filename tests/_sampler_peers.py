@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from unittest import mock
 
 import diffusers
@@ -9,7 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from diffusers.schedulers import scheduling_ddpm
+from diffusers.schedulers import (
+    scheduling_ddpm,
+    scheduling_dpmsolver_multistep,
+    scheduling_edm_dpmsolver_multistep,
+    scheduling_edm_euler,
+    scheduling_euler_ancestral_discrete,
+)
 
 from jaxdiff.samplers import step_noise
 
@@ -55,14 +62,25 @@ def diffusers_scheduler(config: dict):
     return getattr(diffusers, config["_class_name"]).from_config(config)
 
 
+# diffusers' scheduler modules whose step draws noise with randn_tensor.
+_NOISY_MODULES = (
+    scheduling_ddpm,
+    scheduling_dpmsolver_multistep,
+    scheduling_edm_dpmsolver_multistep,
+    scheduling_edm_euler,
+    scheduling_euler_ancestral_discrete,
+)
+
+
 def run_diffusers(
     config: dict, num_inference_steps: int, x_T: np.ndarray, key=None, call: dict | None = None
 ):
     """A diffusers pipeline's loop on ``x_T`` (NHWC: the schedulers used here are layout-agnostic).
 
     Stochastic steps get jaxdiff's noise (``step_noise(key, i, shape)``): DDIM through ``variance_noise``,
-    DDPM by replacing ``randn_tensor`` in its module. Returns ``(x0, xs, pred_x0s)`` where ``xs[i]`` is the
-    sample entering step ``i`` and ``pred_x0s[i]`` the x0 prediction at step ``i``.
+    the others by replacing ``randn_tensor`` in their modules. Returns ``(x0, xs, pred_x0s)`` where ``xs[i]``
+    is the sample entering step ``i`` and ``pred_x0s[i]`` the x0 prediction at step ``i`` (for the
+    multistep solvers, the data prediction they store; UniPC without ``predict_x0``: its conversion to x0).
     """
     call = dict(call or {})
     scheduler = diffusers_scheduler(config)
@@ -70,7 +88,9 @@ def run_diffusers(
     x = torch.from_numpy(x_T) * scheduler.init_noise_sigma
     current = {}
     xs, pred_x0s = [], []
-    with mock.patch.object(scheduling_ddpm, "randn_tensor", lambda *a, **k: current["noise"]):
+    with contextlib.ExitStack() as patches:
+        for module in _NOISY_MODULES:
+            patches.enter_context(mock.patch.object(module, "randn_tensor", lambda *a, **k: current["noise"]))
         for i, t in enumerate(scheduler.timesteps):
             if key is not None:
                 current["noise"] = torch.from_numpy(np.asarray(step_noise(key, i, tuple(x.shape))))
@@ -82,7 +102,13 @@ def run_diffusers(
                     kwargs["variance_noise"] = current["noise"]
             xs.append(x.numpy().copy())
             out = scheduler.step(model_output, t, x, **kwargs)
-            if config["_class_name"] == "DPMSolverMultistepScheduler":
+            if config["_class_name"] == "UniPCMultistepScheduler" and not scheduler.config.predict_x0:
+                # Its own x0 conversion, as at this step (the index is back by one after step()).
+                scheduler.predict_x0, scheduler._step_index = True, scheduler._step_index - 1
+                pred_x0 = scheduler.convert_model_output(model_output, sample=torch.from_numpy(xs[-1]))
+                scheduler.predict_x0, scheduler._step_index = False, scheduler._step_index + 1
+                pred_x0s.append(pred_x0.numpy().copy())
+            elif "Multistep" in config["_class_name"]:
                 pred_x0s.append(scheduler.model_outputs[-1].numpy().copy())
             else:
                 pred_x0s.append(out.pred_original_sample.numpy().copy())
