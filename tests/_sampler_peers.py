@@ -16,6 +16,7 @@ from diffusers.schedulers import (
     scheduling_edm_dpmsolver_multistep,
     scheduling_edm_euler,
     scheduling_euler_ancestral_discrete,
+    scheduling_flow_match_euler_discrete,
 )
 
 from jaxdiff.samplers import step_noise
@@ -69,6 +70,7 @@ _NOISY_MODULES = (
     scheduling_edm_dpmsolver_multistep,
     scheduling_edm_euler,
     scheduling_euler_ancestral_discrete,
+    scheduling_flow_match_euler_discrete,
 )
 
 
@@ -85,7 +87,9 @@ def run_diffusers(
     call = dict(call or {})
     scheduler = diffusers_scheduler(config)
     scheduler.set_timesteps(num_inference_steps)
-    x = torch.from_numpy(x_T) * scheduler.init_noise_sigma
+    # Flow matching has neither an initial noise scale nor input scaling.
+    x = torch.from_numpy(x_T) * getattr(scheduler, "init_noise_sigma", 1.0)
+    scale_model_input = getattr(scheduler, "scale_model_input", lambda x, t: x)
     current = {}
     xs, pred_x0s = [], []
     with contextlib.ExitStack() as patches:
@@ -94,7 +98,7 @@ def run_diffusers(
         for i, t in enumerate(scheduler.timesteps):
             if key is not None:
                 current["noise"] = torch.from_numpy(np.asarray(step_noise(key, i, tuple(x.shape))))
-            model_output = torch_model(scheduler.scale_model_input(x, t), t.expand(x.shape[0]))
+            model_output = torch_model(scale_model_input(x, t), t.expand(x.shape[0]))
             kwargs = {}
             if config["_class_name"] == "DDIMScheduler":
                 kwargs = dict(call)
@@ -108,6 +112,8 @@ def run_diffusers(
                 pred_x0 = scheduler.convert_model_output(model_output, sample=torch.from_numpy(xs[-1]))
                 scheduler.predict_x0, scheduler._step_index = False, scheduler._step_index + 1
                 pred_x0s.append(pred_x0.numpy().copy())
+            elif config["_class_name"] == "FlowMatchEulerDiscreteScheduler":
+                pred_x0s.append((torch.from_numpy(xs[-1]) - scheduler.sigmas[i] * model_output).numpy())
             elif "Multistep" in config["_class_name"]:
                 pred_x0s.append(scheduler.model_outputs[-1].numpy().copy())
             else:
