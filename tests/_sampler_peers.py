@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from unittest import mock
 
 import diffusers
@@ -9,7 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from diffusers.schedulers import scheduling_ddpm
+from diffusers.schedulers import (
+    scheduling_ddpm,
+    scheduling_dpmsolver_multistep,
+    scheduling_edm_dpmsolver_multistep,
+    scheduling_edm_euler,
+    scheduling_euler_ancestral_discrete,
+    scheduling_flow_match_euler_discrete,
+)
 
 from jaxdiff.samplers import step_noise
 
@@ -55,26 +63,42 @@ def diffusers_scheduler(config: dict):
     return getattr(diffusers, config["_class_name"]).from_config(config)
 
 
+# diffusers' scheduler modules whose step draws noise with randn_tensor.
+_NOISY_MODULES = (
+    scheduling_ddpm,
+    scheduling_dpmsolver_multistep,
+    scheduling_edm_dpmsolver_multistep,
+    scheduling_edm_euler,
+    scheduling_euler_ancestral_discrete,
+    scheduling_flow_match_euler_discrete,
+)
+
+
 def run_diffusers(
     config: dict, num_inference_steps: int, x_T: np.ndarray, key=None, call: dict | None = None
 ):
     """A diffusers pipeline's loop on ``x_T`` (NHWC: the schedulers used here are layout-agnostic).
 
     Stochastic steps get jaxdiff's noise (``step_noise(key, i, shape)``): DDIM through ``variance_noise``,
-    DDPM by replacing ``randn_tensor`` in its module. Returns ``(x0, xs, pred_x0s)`` where ``xs[i]`` is the
-    sample entering step ``i`` and ``pred_x0s[i]`` the x0 prediction at step ``i``.
+    the others by replacing ``randn_tensor`` in their modules. Returns ``(x0, xs, pred_x0s)`` where ``xs[i]``
+    is the sample entering step ``i`` and ``pred_x0s[i]`` the x0 prediction at step ``i`` (for the
+    multistep solvers, the data prediction they store; UniPC without ``predict_x0``: its conversion to x0).
     """
     call = dict(call or {})
     scheduler = diffusers_scheduler(config)
     scheduler.set_timesteps(num_inference_steps)
-    x = torch.from_numpy(x_T) * scheduler.init_noise_sigma
+    # Flow matching has neither an initial noise scale nor input scaling.
+    x = torch.from_numpy(x_T) * getattr(scheduler, "init_noise_sigma", 1.0)
+    scale_model_input = getattr(scheduler, "scale_model_input", lambda x, t: x)
     current = {}
     xs, pred_x0s = [], []
-    with mock.patch.object(scheduling_ddpm, "randn_tensor", lambda *a, **k: current["noise"]):
+    with contextlib.ExitStack() as patches:
+        for module in _NOISY_MODULES:
+            patches.enter_context(mock.patch.object(module, "randn_tensor", lambda *a, **k: current["noise"]))
         for i, t in enumerate(scheduler.timesteps):
             if key is not None:
                 current["noise"] = torch.from_numpy(np.asarray(step_noise(key, i, tuple(x.shape))))
-            model_output = torch_model(scheduler.scale_model_input(x, t), t.expand(x.shape[0]))
+            model_output = torch_model(scale_model_input(x, t), t.expand(x.shape[0]))
             kwargs = {}
             if config["_class_name"] == "DDIMScheduler":
                 kwargs = dict(call)
@@ -82,7 +106,15 @@ def run_diffusers(
                     kwargs["variance_noise"] = current["noise"]
             xs.append(x.numpy().copy())
             out = scheduler.step(model_output, t, x, **kwargs)
-            if config["_class_name"] == "DPMSolverMultistepScheduler":
+            if config["_class_name"] == "UniPCMultistepScheduler" and not scheduler.config.predict_x0:
+                # Its own x0 conversion, as at this step (the index is back by one after step()).
+                scheduler.predict_x0, scheduler._step_index = True, scheduler._step_index - 1
+                pred_x0 = scheduler.convert_model_output(model_output, sample=torch.from_numpy(xs[-1]))
+                scheduler.predict_x0, scheduler._step_index = False, scheduler._step_index + 1
+                pred_x0s.append(pred_x0.numpy().copy())
+            elif config["_class_name"] == "FlowMatchEulerDiscreteScheduler":
+                pred_x0s.append((torch.from_numpy(xs[-1]) - scheduler.sigmas[i] * model_output).numpy())
+            elif "Multistep" in config["_class_name"]:
                 pred_x0s.append(scheduler.model_outputs[-1].numpy().copy())
             else:
                 pred_x0s.append(out.pred_original_sample.numpy().copy())

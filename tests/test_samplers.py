@@ -292,9 +292,9 @@ def test_defaults_table_is_diffusers_signature(module):
         ),
         ({"_class_name": DDPM}, {"eta": 0.5}, "unknown DDPMScheduler config key 'eta'"),
         (
-            {"_class_name": DPM, "algorithm_type": "sde-dpmsolver++"},
+            {"_class_name": DPM, "algorithm_type": "sde-dpmsolver"},
             {},
-            "algorithm_type='sde-dpmsolver\\+\\+' is not",
+            "algorithm_type='sde-dpmsolver' is not",
         ),
         ({"_class_name": DPM}, {"use_beta_sigmas": True}, "use_beta_sigmas=True is not implemented"),
         (

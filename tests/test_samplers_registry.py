@@ -19,7 +19,7 @@ from jaxdiff.samplers.catalog import BY_CLASS_NAME
 
 def test_every_class_has_an_entry_and_every_entry_a_module():
     entries = [resolve_sampler(name) for name in sampler_names()]
-    assert sampler_names()[:4] == ("ddpm", "ddim", "dpm++", "euler")
+    assert sampler_names()[:5] == ("ddpm", "ddim", "dpm++", "dpm++sde", "euler")
     assert {entry.class_name for entry in entries} == set(SCHEDULER_CLASSES) == set(BY_CLASS_NAME)
     for entry in entries:
         assert resolve_sampler(entry.name) is entry
@@ -41,7 +41,9 @@ def test_aliases_resolve_to_the_canonical_entry():
 
 
 def test_unknown_name_lists_canonical_names():
-    with pytest.raises(UserError, match="sampler 'pndm' is not one of ddpm, ddim, dpm\\+\\+, euler") as info:
+    with pytest.raises(
+        UserError, match="sampler 'pndm' is not one of ddpm, ddim, dpm\\+\\+, dpm\\+\\+sde, euler, heun"
+    ) as info:
         resolve_sampler("pndm")
     assert "aliases" in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(UserError, match="sampler None is not one of"):

@@ -22,7 +22,8 @@ class Sampler:
         e.g. ``alpha_bar`` / ``alpha_bar_prev`` ``[N]`` (DDPM, DDIM) or ``sigmas`` ``[N + 1]``
         (DPM-Solver, Euler), and ``order`` ``[N]`` int32 (DPM-Solver).
       options: the sampler's static, hashable options (a frozen dataclass; its ``kind`` names the
-        sampler: "ddpm", "ddim", "dpmsolver++" or "euler").
+        sampler module's step function: "ddpm", "ddim", "dpmsolver++", "euler", "heun", ...; see
+        ``samplers/catalog.py``).
     """
 
     timesteps: jax.Array
@@ -36,7 +37,14 @@ class Sampler:
 
     @property
     def num_steps(self) -> int:
+        """Scan iterations of ``sample``: the length of diffusers' ``timesteps`` (one model call each)."""
         return self.timesteps.shape[0]
+
+    @property
+    def num_model_evaluations(self) -> int:
+        """Model calls per sample (NFE): ``num_steps``. For ``num_inference_steps = n`` that is ``n``, except
+        for Heun (``2 n - 1``: two calls per step but the last, as in diffusers' loop)."""
+        return self.num_steps
 
     @property
     def stochastic(self) -> bool:

@@ -12,11 +12,20 @@ from __future__ import annotations
 import dataclasses
 import types
 
-from jaxdiff.samplers import ddim, ddpm, dpm_solver, euler
+from jaxdiff.samplers import ddim, ddpm, dpm_solver, euler, euler_ancestral, flow_match, heun, unipc
 from jaxdiff.samplers.registry import register_sampler
 
 # In the order their names are listed (sampler_names()).
-MODULES: tuple[types.ModuleType, ...] = (ddpm, ddim, dpm_solver, euler)
+MODULES: tuple[types.ModuleType, ...] = (
+    ddpm,
+    ddim,
+    dpm_solver,
+    euler,
+    heun,
+    euler_ancestral,
+    unipc,
+    flow_match,
+)
 BY_CLASS_NAME: dict[str, types.ModuleType] = {module.CLASS_NAME: module for module in MODULES}
 BY_KIND: dict[str, types.ModuleType] = {module.KIND: module for module in MODULES}
 

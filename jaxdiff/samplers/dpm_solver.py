@@ -1,5 +1,7 @@
-"""Multistep DPM-Solver++ as diffusers' ``DPMSolverMultistepScheduler`` with ``algorithm_type="dpmsolver++"``,
-solver orders 1 to 3. Lu et al. 2022a is DPM-Solver (arXiv:2206.00927), 2022b DPM-Solver++ (2211.01095).
+"""Multistep DPM-Solver++ as diffusers' ``DPMSolverMultistepScheduler`` with ``algorithm_type="dpmsolver++"``
+(the ODE solver) or ``"sde-dpmsolver++"`` (its SDE variant, Lu et al. 2022b, Sec. 5: DPM-Solver++(2M) SDE,
+which adds fresh noise at each step), solver orders 1 to 3. Lu et al. 2022a is DPM-Solver
+(arXiv:2206.00927), 2022b DPM-Solver++ (2211.01095).
 
 Notation: ``sigma`` is the VE noise level ``sqrt((1 - alpha_bar) / alpha_bar)`` diffusers tabulates;
 the VP coefficients are ``alpha = 1 / sqrt(1 + sigma^2)``, ``sigma_vp = sigma * alpha`` and the half
@@ -9,6 +11,7 @@ log-SNR is ``lambda = log(alpha) - log(sigma_vp)``. The solver integrates the da
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -65,11 +68,13 @@ DEFAULTS: dict[str, Any] = {
     "time_shift_type": "exponential",
 }
 CALL_DEFAULTS: dict[str, Any] = {}
-# Keys that may differ from their default; the others (SDE / flow variants, beta sigmas, learned
+# Keys that may differ from their default (algorithm_type: see ALGORITHM_TYPES); the others (noise-prediction
+# and flow variants, beta sigmas, learned
 # variance, dynamic shifting) are not implemented and must stay at their defaults.
 IMPLEMENTED = frozenset(
     {
         "num_train_timesteps",
+        "algorithm_type",
         "beta_start",
         "beta_end",
         "beta_schedule",
@@ -92,6 +97,9 @@ IMPLEMENTED = frozenset(
         "rescale_betas_zero_snr",
     }
 )
+# The data-prediction algorithms ("dpmsolver" and "sde-dpmsolver", the noise-prediction ones, are not
+# implemented; diffusers maps "deis" to "dpmsolver++").
+ALGORITHM_TYPES = ("dpmsolver++", "sde-dpmsolver++", "deis")
 # diffusers maps the UniPC / DEIS solver types to "midpoint".
 _SOLVER_TYPE_ALIASES = {
     "midpoint": "midpoint",
@@ -108,6 +116,13 @@ ENTRIES = (
         class_name=CLASS_NAME,
         aliases=("dpmsolver++", "dpm-solver++", "dpm++2m"),
     ),
+    SamplerEntry(
+        name="dpm++sde",
+        class_name=CLASS_NAME,
+        aliases=("sde-dpmsolver++", "dpm++2m-sde", "dpm++2msde"),
+        options={"algorithm_type": "sde-dpmsolver++"},
+        stochastic=True,
+    ),
 )
 
 
@@ -117,8 +132,12 @@ class DPMSolverOptions:
     solver_order: int
     solver_type: str
     clipping: X0Clipping
+    sde: bool = False  # algorithm_type="sde-dpmsolver++"
     kind: ClassVar[str] = KIND
-    stochastic: ClassVar[bool] = False
+
+    @property
+    def stochastic(self) -> bool:
+        return self.sde
 
 
 def _step_orders(n: int, cfg: Mapping[str, Any]) -> np.ndarray:
@@ -146,6 +165,7 @@ def build(cfg: Mapping[str, Any], num_inference_steps: int) -> Sampler:
     check_choice(cfg, "solver_order", (1, 2, 3))
     check_choice(cfg, "solver_type", tuple(_SOLVER_TYPE_ALIASES))
     check_choice(cfg, "final_sigmas_type", ("zero", "sigma_min"))
+    check_choice(cfg, "algorithm_type", ALGORITHM_TYPES)
     if cfg["use_karras_sigmas"] + cfg["use_exponential_sigmas"] + cfg["use_lu_lambdas"] > 1:
         raise UserError("only one of use_karras_sigmas, use_exponential_sigmas, use_lu_lambdas can be true")
     T = int(cfg["num_train_timesteps"])
@@ -189,6 +209,7 @@ def build(cfg: Mapping[str, Any], num_inference_steps: int) -> Sampler:
         solver_order=int(cfg["solver_order"]),
         solver_type=_SOLVER_TYPE_ALIASES[cfg["solver_type"]],
         clipping=X0Clipping.from_config(cfg),
+        sde=cfg["algorithm_type"] == "sde-dpmsolver++",
     )
     return Sampler(
         timesteps=jnp.asarray(timesteps, jnp.int32),
@@ -296,6 +317,53 @@ def third_order_update(
     )
 
 
+def sde_update(
+    x: jax.Array,
+    ms: tuple[jax.Array, jax.Array, jax.Array],
+    sigmas: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+    noise: jax.Array,
+    order: int,
+    solver_type: str,
+) -> jax.Array:
+    """One multistep DPM-Solver++ SDE step of order 1, 2 or 3 (Lu et al. 2022b, Sec. 5; diffusers'
+    "sde-dpmsolver++"): the ODE step's exponential integrator with ``e^-h`` replaced by ``e^-2h`` in the
+    data terms, plus ``sigma_t sqrt(1 - e^-2h)`` fresh noise.
+
+    Args:
+      x: float32 ``[B, ...]`` at ``sigma_s0``.
+      ms: the data predictions ``(m0, m1, m2)`` at ``(sigma_s0, sigma_s1, sigma_s2)`` (newest first).
+      sigmas: VE ``(sigma_t, sigma_s0, sigma_s1, sigma_s2)``.
+      noise: standard normal, ``x``'s shape.
+    """
+    m0, m1, m2 = ms
+    sigma_t, sigma_s0, sigma_s1, sigma_s2 = sigmas
+    alpha_t, sig_t = alpha_sigma(sigma_t)
+    _, sig_s0 = alpha_sigma(sigma_s0)
+    lambda_t, lambda_s0 = half_log_snr(sigma_t), half_log_snr(sigma_s0)
+    h = lambda_t - lambda_s0
+    decay = 1.0 - jnp.exp(-2.0 * h)
+    x_t = (sig_t / sig_s0 * jnp.exp(-h)) * x + (alpha_t * decay) * m0
+    if order == 2:
+        r0 = (lambda_s0 - half_log_snr(sigma_s1)) / h
+        d1 = (1.0 / r0) * (m0 - m1)
+        if solver_type == "midpoint":
+            x_t = x_t + 0.5 * (alpha_t * decay) * d1
+        else:
+            x_t = x_t + (alpha_t * (decay / (-2.0 * h) + 1.0)) * d1
+    elif order == 3:
+        lambda_s1, lambda_s2 = half_log_snr(sigma_s1), half_log_snr(sigma_s2)
+        r0, r1 = (lambda_s0 - lambda_s1) / h, (lambda_s1 - lambda_s2) / h
+        d1_0, d1_1 = (1.0 / r0) * (m0 - m1), (1.0 / r1) * (m1 - m2)
+        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+        d2 = (1.0 / (r0 + r1)) * (d1_0 - d1_1)
+        x_t = (
+            x_t
+            + (alpha_t * (decay / (-2.0 * h) + 1.0)) * d1
+            + (alpha_t * ((decay - 2.0 * h) / (2.0 * h) ** 2 - 0.5)) * d2
+        )
+    return x_t + sig_t * jnp.sqrt(1.0 - jnp.exp(-2 * h)) * noise
+
+
 def init_state(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The two previous data predictions (``m1``, ``m2``); unused until filled."""
     return jnp.zeros_like(x), jnp.zeros_like(x)
@@ -306,15 +374,29 @@ def scale_model_input(sampler: Sampler, i: jax.Array, x: jax.Array) -> jax.Array
 
 
 def update(
-    sampler: Sampler, i: jax.Array, x: jax.Array, model_output: jax.Array, state: tuple, noise: None
+    sampler: Sampler,
+    i: jax.Array,
+    x: jax.Array,
+    model_output: jax.Array,
+    state: tuple,
+    noise: jax.Array | None,
 ) -> tuple[jax.Array, jax.Array, tuple]:
-    """Step ``i``: ``(x_prev, x0_pred, (m0, m1))``, with the solver order diffusers uses at step ``i``."""
+    """Step ``i``: ``(x_prev, x0_pred, (m0, m1))``, with the solver order diffusers uses at step ``i``;
+    ``noise`` (standard normal, ``x``'s shape) only for the SDE variant."""
     sigmas, options = sampler.tables["sigmas"], sampler.options
     m1, m2 = state
     # At i < 2 the history entries are unused (the order is then lower); clamp to stay in bounds.
     sigma_t, sigma_s0 = sigmas[i + 1], sigmas[i]
     sigma_s1, sigma_s2 = sigmas[jnp.maximum(i - 1, 0)], sigmas[jnp.maximum(i - 2, 0)]
     m0 = data_prediction(model_output, x, sigma_s0, options)
+    if options.sde:
+        ms, step_sigmas = (m0, m1, m2), (sigma_t, sigma_s0, sigma_s1, sigma_s2)
+        branches = [
+            functools.partial(sde_update, x, ms, step_sigmas, noise, order, options.solver_type)
+            for order in range(1, options.solver_order + 1)
+        ]
+        x_prev = jax.lax.switch(sampler.tables["order"][i] - 1, branches)
+        return x_prev, m0, (m0, m1)
     branches = [
         lambda: first_order_update(x, m0, sigma_s0, sigma_t),
         lambda: second_order_update(x, m0, m1, sigma_s0, sigma_s1, sigma_t, options.solver_type),
