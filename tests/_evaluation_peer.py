@@ -22,7 +22,9 @@ torch = pytest.importorskip("torch")
 
 _SPEC = importlib.util.find_spec("torch_fidelity")
 if _SPEC is None or not _SPEC.submodule_search_locations:
-    pytest.skip("torch-fidelity is not installed (pip install --no-deps torch-fidelity)", allow_module_level=True)
+    pytest.skip(
+        "torch-fidelity is not installed (pip install --no-deps torch-fidelity)", allow_module_level=True
+    )
 
 
 def _not_for_tests(*args, **kwargs):
