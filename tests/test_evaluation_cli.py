@@ -16,6 +16,7 @@ def eval_env(env, tmp_path_factory):  # noqa: F811
     return {**env, "JAXDIFF_CACHE": str(tmp_path_factory.mktemp("jaxdiff_cache"))}
 
 
+@pytest.mark.slow
 def test_digits_metric_and_step_sweep(trained, eval_env, tmp_path):  # noqa: F811
     workdir, _ = trained
     out = tmp_path / "eval"
@@ -35,6 +36,7 @@ def test_digits_metric_and_step_sweep(trained, eval_env, tmp_path):  # noqa: F81
     assert "singular" not in result.stdout  # the digits FD is exact for singular covariances
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line(trained, eval_env, tmp_path):  # noqa: F811
     workdir, _ = trained
     wrong_dim = save_statistics(tmp_path / "ref64.npz", np.zeros(64), np.eye(64))

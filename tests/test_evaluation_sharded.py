@@ -39,6 +39,7 @@ def _run(weights: str, out: str, devices: int) -> dict[str, np.ndarray]:
         return dict(data)
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXDIFF_CACHE", str(tmp_path / "cache"))
     weights = str(tmp_path / "w.pth")
