@@ -26,12 +26,16 @@ setup(
         "safetensors>=0.4",
         "tqdm>=4.66",
         "scikit-learn>=1.4",
+        "scipy>=1.11",  # jaxdiff.evaluation: the Fréchet distance's matrix square root
         "tensorboardX>=2.6",
         # jaxdiff.execution.allocator: the CLIs run under mimalloc (XLA re-allocates its CPU arena per step).
         "cmeel-mimalloc>=3.2; sys_platform == 'linux' and platform_machine == 'x86_64'",
     ],
     extras_require={
         # The peers the test-suite checks against run on the CPU: torch's CPU wheel.
+        # torch-fidelity (the FID/KID peer) is installed with `pip install --no-deps torch-fidelity==0.4.0`:
+        # its declared torchvision dependency does not import beside the CPU torch and breaks diffusers'
+        # imports; the tests load only its torchvision-free modules (tests/_evaluation_peer.py).
         "test": [
             "pytest>=8",
             "pytest-xdist>=3.5",

@@ -39,6 +39,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxdiff  # noqa: E402,F401  (adds jaxdiff's CPU XLA flags; JAX has no backend yet)
+from jaxdiff.evaluation.digits import digits_metric  # noqa: E402
 
 DEFAULT_CURVE = "ddpm:10,25,50,100,1000;ddim:10,25,50,100;dpm++:10,25,50;euler:10,25,50,100"
 
@@ -46,62 +47,8 @@ DEFAULT_CURVE = "ddpm:10,25,50,100,1000;ddim:10,25,50,100;dpm++:10,25,50;euler:1
 # -- real data and the feature space ---------------------------------------------------------------------
 
 
-def load_split(holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """jaxdiff's digits source at 16x16x1 (uint8), split into a training and a held-out part, stratified."""
-    from sklearn.model_selection import train_test_split
-
-    from jaxdiff.data import make_source
-
-    source = make_source({"source": "digits", "image_size": 16, "channels": 1})
-    records = [source[i] for i in range(len(source))]
-    images = np.stack([r["image"] for r in records])
-    labels = np.array([int(r["label"]) for r in records])
-    tr_x, ho_x, tr_y, ho_y = train_test_split(
-        images, labels, test_size=holdout, stratify=labels, random_state=seed
-    )
-    return tr_x, tr_y, ho_x, ho_y
-
-
-class DigitFeatures:
-    """An MLP digit classifier on the real training split; ``features`` = its last hidden layer."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, seed: int):
-        from sklearn.neural_network import MLPClassifier
-
-        self.clf = MLPClassifier(hidden_layer_sizes=(256, 128), alpha=1e-3, max_iter=400, random_state=seed)
-        self.clf.fit(self._flat(images), labels)
-
-    @staticmethod
-    def _flat(images_u8: np.ndarray) -> np.ndarray:
-        return images_u8.reshape(len(images_u8), -1).astype(np.float64) / 255.0
-
-    def features(self, images_u8: np.ndarray) -> np.ndarray:
-        h = self._flat(images_u8)
-        for w, b in zip(self.clf.coefs_[:-1], self.clf.intercepts_[:-1], strict=True):
-            h = np.maximum(h @ w + b, 0.0)  # MLPClassifier's default activation is relu
-        return h
-
-    def accuracy(self, images_u8: np.ndarray, labels: np.ndarray) -> float:
-        return float((self.clf.predict(self._flat(images_u8)) == labels).mean())
-
-    def class_histogram(self, images_u8: np.ndarray) -> np.ndarray:
-        return np.bincount(self.clf.predict(self._flat(images_u8)), minlength=10) / len(images_u8)
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """``|mu_a - mu_b|^2 + Tr(S_a) + Tr(S_b) - 2 Tr((S_a S_b)^1/2)`` of two feature sets ``[N, D]``.
-
-    ``Tr((S_a S_b)^1/2)`` is computed as the sum of the square roots of the eigenvalues of the symmetric
-    ``S_a^1/2 S_b S_a^1/2`` (same eigenvalues), which stays exact when a covariance is singular (dead
-    ReLU units give zero-variance features).
-    """
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    w, v = np.linalg.eigh(s_a)
-    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    middle = np.linalg.eigvalsh(root_a @ s_b @ root_a)
-    tr_covmean = np.sqrt(np.clip(middle, 0, None)).sum()
-    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(s_a) + np.trace(s_b) - 2 * tr_covmean)
+# The split, the classifier (cached on disk) and the Fréchet distance are jaxdiff.evaluation.digits':
+# the same numbers as `evaluate.py --metric digits` and the README's demo.
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -327,11 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     from jaxdiff.samplers import scheduler_config_for
 
     torch.set_num_threads(args.threads)
-    tr_x, tr_y, ho_x, ho_y = load_split(args.holdout, args.seed)
-    feats = DigitFeatures(tr_x, tr_y, args.seed)
-    ho_f = feats.features(ho_x)
-    rng = np.random.default_rng(args.seed)
-    floor = frechet_distance(feats.features(tr_x[rng.choice(len(tr_x), len(ho_x), replace=False)]), ho_f)
+    feats = digits_metric(args.holdout, args.seed)
+    tr_x, ho_x, ho_y, floor = feats.train_images, feats.heldout_images, feats.heldout_labels, feats.floor
     results: dict[str, Any] = {
         "args": vars(args),
         "classifier_heldout_accuracy": feats.accuracy(ho_x, ho_y),
@@ -369,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 x, s_info = sample_diffusers(model, sched_cfg, steps, n, args.sample_chunk, args.seed)
             u8 = to_uint8(x)
-            fd = frechet_distance(feats.features(u8), ho_f)
+            fd = feats.fd(u8)
             hist = feats.class_histogram(u8)
             scores[f"{name}:{steps}"] = {"fd": fd, "min_class_share": float(hist.min()), **s_info}
             print(
