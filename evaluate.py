@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 
-from jaxdiff.allocator import relaunch_under_mimalloc
+from jaxdiff.execution.allocator import relaunch_under_mimalloc
 
 relaunch_under_mimalloc()  # first: re-runs this command under mimalloc (see jaxdiff/allocator.py)
 
@@ -27,11 +27,10 @@ import warnings  # noqa: E402
 import jax  # noqa: E402
 from absl import flags  # noqa: E402
 
-import jaxdiff  # noqa: F401, E402  (before JAX starts a backend: sets the CPU XLA flags)
-from jaxdiff import images  # noqa: E402
+from jaxdiff import cli, grids, samplers  # noqa: E402  (jaxdiff first sets the CPU XLA flags)
 from jaxdiff.evaluation import scoring  # noqa: E402
-from jaxdiff.training import cli, sampling  # noqa: E402
-from jaxdiff.training.config import SAMPLER_NAMES, validate_sampling  # noqa: E402
+from jaxdiff.inference import generate, load_workdir  # noqa: E402
+from jaxdiff.run_config import validate_sampling  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py run directory: its newest checkpoint is sampled.")
 _METRIC = flags.DEFINE_enum("metric", "auto", ["auto", *scoring.METRICS], "inception (FID/KID) | digits.")
@@ -106,10 +105,14 @@ def main(argv: list[str]) -> None:
         return
     if not _WORKDIR.value:
         raise cli.UserError("give --workdir DIR (a training run to evaluate) or --ref_source SOURCE")
-    if _SAMPLER.value is not None and _SAMPLER.value not in SAMPLER_NAMES:
-        raise cli.UserError(
-            f"--sampler={_SAMPLER.value!r} is not allowed; use one of {', '.join(SAMPLER_NAMES)}"
-        )
+    if _SAMPLER.value is not None:  # before loading a model
+        try:
+            samplers.resolve_sampler(_SAMPLER.value)
+        except cli.UserError:
+            names = ", ".join(samplers.sampler_names())
+            raise cli.UserError(
+                f"--sampler={_SAMPLER.value!r} is not allowed; use one of {names} (or an alias)"
+            ) from None
     metric = _METRIC.value if _METRIC.value != "auto" else ("inception" if _REF_STATS.value else "digits")
     if metric == "inception" and not _REF_STATS.value:
         raise cli.UserError("--metric inception needs --ref_stats FILE.npz (see --ref_source to make one)")
@@ -117,7 +120,7 @@ def main(argv: list[str]) -> None:
         scoring.load_statistics(_REF_STATS.value, dim=scoring.INCEPTION_DIM)  # bad file: fail before sampling
     step_counts = _parse_steps(_STEPS.value)
 
-    model = sampling.load_workdir(_WORKDIR.value, ema=_EMA.value)
+    model = load_workdir(_WORKDIR.value, ema=_EMA.value)
     sampler = _SAMPLER.value or model.default_sampler
     out_dir = _OUT.value or os.path.join(_WORKDIR.value, "eval")
     os.makedirs(out_dir, exist_ok=True)
@@ -125,20 +128,19 @@ def main(argv: list[str]) -> None:
     rows = []
     for steps in step_counts:
         steps = steps if steps is not None else model.default_steps
-        if model.scheduler_base is not None:
-            validate_sampling(sampler, steps, model.num_train_timesteps)
+        sampler = validate_sampling(sampler, steps, model.num_train_timesteps, objective=model.objective.name)
         fn = model.sample_fn(
             sampler=sampler,
             num_inference_steps=steps,
             eta=model.default_eta,
             batch_size=min(_BATCH_SIZE.value, _NUM_SAMPLES.value),
         )
-        samples = sampling.generate(fn, model.params, seed=_SEED.value, num_samples=_NUM_SAMPLES.value)
+        samples = generate(fn, model.params, seed=_SEED.value, num_samples=_NUM_SAMPLES.value)
         scoring.check_finite(samples)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             scores = scoring.score_images(
-                images.to_uint8(samples),
+                grids.to_uint8(samples),
                 metric,
                 ref_stats=_REF_STATS.value,
                 weights_path=_WEIGHTS.value,
@@ -148,11 +150,10 @@ def main(argv: list[str]) -> None:
             )
         for warning in caught:
             print(f"warning: {cli.one_line(warning.message)}")
-        # Every sampler here evaluates the network once per step.
         row = {
             "sampler": sampler,
             "steps": steps,
-            "nfe": steps,
+            "nfe": fn.num_steps,  # model evaluations (Heun: two per step but the last)
             "metric": metric,
             "seed": _SEED.value,
             **scores,

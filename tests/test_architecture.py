@@ -1,8 +1,6 @@
 """The package's shape: no import cycles, no function-local imports dodging them, inference apart from
 training, platform choices only in ``jaxdiff.execution``. Read from the source (ast), nothing is run."""
 
-from __future__ import annotations
-
 import ast
 import pathlib
 

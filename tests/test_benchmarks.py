@@ -3,8 +3,6 @@
 No figure is checked: speed and quality are measured by hand (benchmarks/RESULTS.md).
 """
 
-from __future__ import annotations
-
 import json
 import math
 import os

@@ -5,8 +5,6 @@ stderr, exit status 2, no traceback, nothing written over).
 Subprocesses share a persistent XLA compilation cache, so the same tiny model compiles once.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import pathlib

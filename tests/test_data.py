@@ -1,7 +1,5 @@
 """jaxdiff.data: sources (digits, tfds:, folder:, hf:), the sharded grain pipeline, resume, bad input."""
 
-from __future__ import annotations
-
 import json
 import logging
 import os

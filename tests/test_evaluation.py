@@ -1,7 +1,5 @@
 """jaxdiff.evaluation against torch-fidelity: the FID Inception's features, FID, KID, IS; weight files."""
 
-from __future__ import annotations
-
 import collections
 import os
 import pickle
@@ -25,8 +23,8 @@ from jaxdiff.evaluation import (
 from jaxdiff.evaluation import weights as weights_lib
 from jaxdiff.evaluation.statistics import warn_if_singular
 from jaxdiff.evaluation.torch_pickle import read_state_dict
+from tests import _evaluation_peer as peer  # noqa: E402
 
-peer = pytest.importorskip("_evaluation_peer")
 torch = peer.torch
 
 

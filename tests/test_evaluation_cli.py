@@ -1,7 +1,5 @@
 """evaluate.py as a user runs it: the digits metric of a tiny run, a step sweep, and bad input."""
 
-from __future__ import annotations
-
 import json
 
 import numpy as np

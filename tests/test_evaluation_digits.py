@@ -1,7 +1,5 @@
 """The offline digits metric: the split and classifier of benchmarks/quality.py, its floor, its cache."""
 
-from __future__ import annotations
-
 import os
 
 import numpy as np

@@ -1,7 +1,5 @@
 """The FID Inception over 8 simulated devices gives the same features and statistics as over 1."""
 
-from __future__ import annotations
-
 import os
 import subprocess
 import sys
@@ -9,9 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-peer = pytest.importorskip("_evaluation_peer")
-
 from jaxdiff.evaluation import weights as weights_lib  # noqa: E402
+from tests import _evaluation_peer as peer  # noqa: E402
 
 _SCRIPT = """
 import sys

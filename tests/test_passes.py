@@ -1,8 +1,6 @@
 """Evaluation in passes (``jaxdiff.execution.passes``): the rule that picks the pass size, the same outputs as
 one pass (one device and four), and the sampler built on it."""
 
-from __future__ import annotations
-
 import os
 import subprocess
 import sys

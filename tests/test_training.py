@@ -5,8 +5,6 @@ Peers: ``diffusers.training_utils.EMAModel``, ``diffusers.optimization.get_sched
 ``torch.optim.AdamW`` + ``clip_grad_norm_``. Models are tiny (8/16 channels) and runs a few steps long.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import signal
