@@ -124,6 +124,8 @@ class Checkpointer:
       log: called with one-line, user-facing reports (damaged or incomplete checkpoints); default logs.
       read_only: only restore: nothing is created, cleaned, moved or saved (damaged checkpoints are
         reported and skipped).
+      best_metric: a key of the ``metrics`` given to :meth:`save` (lower is better): the checkpoint with
+        its lowest value is kept too, beyond the ``max_to_keep`` most recent ones.
     """
 
     def __init__(
@@ -134,6 +136,7 @@ class Checkpointer:
         async_save: bool = True,
         log: Callable[[str], None] | None = None,
         read_only: bool = False,
+        best_metric: str | None = None,
     ):
         path = os.fspath(directory)
         # Local paths are made absolute; URLs (gs://...) are kept (orbax writes through etils.epath).
@@ -143,8 +146,19 @@ class Checkpointer:
         if max_to_keep is not None and max_to_keep < 1:
             raise UserError(f"train.keep_checkpoints={max_to_keep} must be >= 1")
         self._report_incomplete()
+        keep: dict[str, Any] = {"max_to_keep": max_to_keep}
+        if best_metric is not None:
+            # The newest max_to_keep, and the best of those saved with metrics (reverse: lowest first).
+            latest = ocp.checkpoint_managers.LatestN(n=max_to_keep)
+            best = ocp.checkpoint_managers.BestN(
+                get_metric_fn=lambda metrics: metrics[best_metric],
+                reverse=True,
+                n=1,
+                keep_checkpoints_without_metrics=False,
+            )
+            keep = {"preservation_policy": ocp.checkpoint_managers.AnyPreservationPolicy([latest, best])}
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
+            **keep,
             enable_async_checkpointing=async_save and not read_only,
             cleanup_tmp_directories=not read_only,
             create=not read_only,  # (orbax's own read_only mode only adds warnings: saves are refused here)
@@ -200,12 +214,19 @@ class Checkpointer:
     # -- save / restore -----------------------------------------------------------------------------------
 
     def save(
-        self, step: int, state: Any, *, data_iterator: Any = None, meta: Mapping[str, Any] | None = None
+        self,
+        step: int,
+        state: Any,
+        *,
+        data_iterator: Any = None,
+        meta: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
     ) -> bool:
         """Start saving ``state`` (and the data iterator's position, and ``meta``) as checkpoint ``step``.
 
         Returns once the arrays are copied off the devices (the state may then be donated); the files are
-        written in the background. A step that is already saved is skipped (returns False).
+        written in the background. A step that is already saved is skipped (returns False). ``metrics``:
+        scalars kept with the checkpoint (``best_metric`` ranks by them).
         """
         if self.read_only:
             raise UserError(f"checkpoints in {self.directory} were opened read-only")
@@ -217,7 +238,9 @@ class Checkpointer:
         }
         if data_iterator is not None:
             items["data"] = _grain_save(data_iterator)
-        return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        return self._manager.save(
+            step, args=ocp.args.Composite(**items), metrics=dict(metrics) if metrics else None, force=True
+        )
 
     def restore(
         self,

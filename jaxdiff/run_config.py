@@ -38,6 +38,7 @@ from jaxdiff.errors import UserError
 
 __all__ = [
     "DIFFUSION_KEYS",
+    "EVAL_METRICS",
     "LR_SCHEDULES",
     "MIXED_PRECISION",
     "SAMPLE_KEYS",
@@ -60,6 +61,8 @@ logger = logging.getLogger(__name__)
 SECTIONS = ("data", "model", "diffusion", "train", "sample")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 MIXED_PRECISION = ("no", "bf16")
+# train.eval_metric: the offline digit-classifier space, or Inception-v3 against train.eval_ref_stats.
+EVAL_METRICS = ("digits", "inception")
 
 
 # -- typed sections ------------------------------------------------------------------------------------------
@@ -195,6 +198,13 @@ class TrainOptions:
         lambda v: v >= 0,
         "use 0 (automatic) or a positive integer that divides the per-device batch",
     )
+    eval_every: int = _non_negative(0)
+    eval_num_samples: int = _positive(1000)
+    eval_metric: str = _field(
+        "digits", "str", lambda v: v in EVAL_METRICS, f"use one of {', '.join(EVAL_METRICS)}"
+    )
+    eval_ref_stats: str = _field("", "str")
+    wandb_project: str = _field("", "str")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -397,6 +407,21 @@ def parse_run_config(config: Any, *, log: Callable[[str], None] | None = None) -
             samplers.from_diffusers_config(
                 samplers.scheduler_config_for(name, diffusion_dict), sample.num_inference_steps
             )
+    _check(
+        train.eval_metric != "inception" or not train.eval_every or bool(train.eval_ref_stats),
+        "train.eval_ref_stats",
+        train.eval_ref_stats,
+        "train.eval_metric='inception' needs reference statistics (an .npz: evaluate.py --ref_source)",
+    )
+    _check(
+        train.eval_metric != "digits"
+        or not train.eval_every
+        or (data.source, data.image_size, data.channels) == ("digits", 16, 1),
+        "train.eval_metric",
+        train.eval_metric,
+        "the digits metric scores 16x16 grayscale digits (data.source='digits', image_size 16, channels 1); "
+        "use 'inception' with train.eval_ref_stats for other data",
+    )
     train = _derive_warmup(train, log or logger.warning)
     return RunConfig(
         seed=seed, data=data, model=model, diffusion=diffusion, train=train, sample=sample, source=config

@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 import pytest
-from test_cli import env, run, trained  # noqa: F401  (fixtures: a tiny 16x16 digits run through train.py)
 
 from jaxdiff.evaluation import save_statistics
+from tests.test_cli import env, run, trained  # noqa: F401  (fixtures: a tiny 16x16 digits run through train.py)
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,24 @@
-"""What a run reports: ``metrics.jsonl`` and TensorBoard scalars (main process only), and the running
-window of step metrics they summarise."""
+"""What a run reports: ``metrics.jsonl``, TensorBoard scalars and, when ``train.wandb_project`` is set,
+Weights & Biases (the optional ``wandb`` package; ``WANDB_MODE=offline`` works without network), from the main
+process only; and the running window of step metrics they summarise.
+
+Scalars are written by section: ``train`` (loss, grad norm, lr, EMA decay, images/s) and ``eval`` (the
+sample-quality scores of ``jaxdiff.training.periodic_eval``); ``metrics.jsonl`` names an eval score
+``eval/<name>``. Sample grids go to wandb as images.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from typing import Any
 
 import jax
 import numpy as np
 from tensorboardX import SummaryWriter
+
+from jaxdiff.errors import UserError
 
 __all__ = ["MetricsWindow", "MetricsWriter", "truncate_metrics"]
 
@@ -33,34 +42,73 @@ def truncate_metrics(path: str, last_step: int) -> None:
         os.replace(path + ".tmp", path)
 
 
-class MetricsWriter:
-    """``metrics.jsonl`` + TensorBoard scalars under ``workdir``, written by process 0 only."""
+def _start_wandb(project: str, workdir: str, config: dict[str, Any], start_step: int) -> Any:
+    """A wandb run (resumed with the workdir: its id is kept in ``workdir/wandb_run_id``)."""
+    try:
+        import wandb  # optional: pip install wandb (or ".[wandb]")
+    except ImportError:
+        raise UserError(
+            f"train.wandb_project={project!r} needs the optional wandb package: pip install wandb"
+        ) from None
+    id_path = os.path.join(workdir, "wandb_run_id")
+    run_id = (
+        open(id_path, encoding="utf-8").read().strip()
+        if os.path.exists(id_path)
+        else wandb.util.generate_id()
+    )
+    with open(id_path, "w", encoding="utf-8") as f:
+        f.write(run_id)
+    return wandb.init(project=project, id=run_id, resume="allow", dir=workdir, config=config)
 
-    def __init__(self, workdir: str, start_step: int):
+
+class MetricsWriter:
+    """``metrics.jsonl`` + TensorBoard (+ wandb) under ``workdir``, written by process 0 only.
+
+    ``wandb_project``: "" (off) or the project name; ``config``: the run config logged with it.
+    """
+
+    def __init__(
+        self, workdir: str, start_step: int, *, wandb_project: str = "", config: dict[str, Any] | None = None
+    ):
         self.enabled = jax.process_index() == 0
         self.jsonl = None
         self.tb = None
+        self.wandb = None
         if not self.enabled:
             return
         path = os.path.join(workdir, "metrics.jsonl")
         truncate_metrics(path, start_step)
         self.jsonl = open(path, "a", encoding="utf-8")
         self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
+        if wandb_project:
+            self.wandb = _start_wandb(wandb_project, workdir, config or {}, start_step)
 
-    def write(self, step: int, scalars: dict[str, float]) -> None:
+    def write(self, step: int, scalars: dict[str, float], section: str = "train") -> None:
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        named = scalars if section == "train" else {f"{section}/{k}": v for k, v in scalars.items()}
+        self.jsonl.write(json.dumps({"step": step, **named}) + "\n")
         self.jsonl.flush()
         for name, value in scalars.items():
-            self.tb.add_scalar(f"train/{name}", value, step)
+            self.tb.add_scalar(f"{section}/{name}", value, step)
         self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log({f"{section}/{k}": v for k, v in scalars.items()}, step=step)
+
+    def image(self, step: int, name: str, path: str) -> None:
+        """A PNG the run wrote (a sample grid), for wandb; TensorBoard and the workdir have the file."""
+        if self.enabled and self.wandb is not None:
+            import wandb  # optional, present when self.wandb is
+
+            self.wandb.log({name: wandb.Image(path)}, step=step)
 
     def close(self) -> None:
         if self.jsonl is not None:
             self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 class MetricsWindow:

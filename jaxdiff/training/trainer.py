@@ -8,6 +8,9 @@ What a run writes under ``workdir``:
 - ``metrics.jsonl``: one JSON line per ``log_every`` steps (step, loss, grad_norm, lr, ema_decay, img/s);
 - ``tensorboard/``: the same scalars for TensorBoard (tensorboardX);
 - ``samples/step_XXXXXXX.png``: EMA sample grids (fixed seed) every ``sample_every`` steps and at the end;
+- with ``train.eval_every``: the quality of EMA samples (``jaxdiff.training.periodic_eval``) in
+  ``metrics.jsonl`` / TensorBoard (``eval/...``) and one line on the console; the checkpoint with the best
+  score is kept besides the ``keep_checkpoints`` newest ones;
 - ``diffusers/``: at the end, a diffusers pipeline of the EMA weights (``DDPMPipeline.from_pretrained``).
 
 Restarting with the same ``workdir`` resumes from the newest usable checkpoint, exactly: the train state
@@ -42,6 +45,7 @@ from jaxdiff.inference import checkpoint_dir, export_diffusers, generate, make_s
 from jaxdiff.run_config import RunConfig, config_to_json, parse_run_config
 from jaxdiff.training.components import Components, build_components, build_train_step
 from jaxdiff.training.metrics import MetricsWindow, MetricsWriter
+from jaxdiff.training.periodic_eval import BEST_METRIC, make_evaluator
 from jaxdiff.training.preemption import StopRequest
 
 __all__ = ["NonFiniteLossError", "TrainResult", "train_and_evaluate"]
@@ -92,8 +96,8 @@ def _write_config(workdir: str, config: Any) -> None:
         os.replace(tmp, os.path.join(workdir, "config.json"))
 
 
-def _grid_writer(run: RunConfig, c: Components, workdir: str) -> Callable[[int, Any], None]:
-    """``write(step, ema_params)``: the run's fixed-seed sample grid as ``samples/step_XXXXXXX.png``."""
+def _grid_writer(run: RunConfig, c: Components, workdir: str) -> Callable[[int, Any], str]:
+    """``write(step, ema_params) -> path``: the run's fixed-seed sample grid, ``samples/step_XXXXXXX.png``."""
     s = run.sample
     sampling = run.objective.make_sampling(run.diffusion.to_dict(), s.sampler, s.num_inference_steps, s.eta)
     fn = make_sample_fn(
@@ -107,10 +111,12 @@ def _grid_writer(run: RunConfig, c: Components, workdir: str) -> Callable[[int, 
         microbatch_size=s.microbatch_size,
     )
 
-    def write(step: int, params: Any) -> None:
+    def write(step: int, params: Any) -> str:
         images = generate(fn, params, seed=s.seed, num_samples=s.num_samples)
+        path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
         if _primary():
-            grids.save_grid(os.path.join(workdir, "samples", f"step_{step:07d}.png"), images)
+            grids.save_grid(path, images)
+        return path
 
     return write
 
@@ -199,11 +205,13 @@ def train_and_evaluate(
     c = build_components(run)
     train_step = build_train_step(c)
     write_grid = _grid_writer(run, c, workdir)
+    evaluate = make_evaluator(run, c)
     ckpt = Checkpointer(
         checkpoint_dir(tc.checkpoint_dir, workdir),
         max_to_keep=tc.keep_checkpoints,
         async_save=tc.async_checkpointing,
         log=_say,
+        best_metric=BEST_METRIC[tc.eval_metric] if evaluate is not None else None,
     )
     try:
         restored = ckpt.restore(
@@ -226,7 +234,7 @@ def train_and_evaluate(
         "config": json.loads(config_to_json(run.source)),
     }
 
-    writer = MetricsWriter(workdir, start_step)
+    writer = MetricsWriter(workdir, start_step, wandb_project=tc.wandb_project, config=meta["config"])
     window = MetricsWindow()
     step, stopped_early = start_step, False
     try:
@@ -248,19 +256,24 @@ def train_and_evaluate(
                 want_log = step % tc.log_every == 0 or is_last
                 want_ckpt = (tc.checkpoint_every and step % tc.checkpoint_every == 0) or is_last
                 want_grid = (tc.sample_every and step % tc.sample_every == 0) or is_last
+                want_eval = evaluate is not None and (step % tc.eval_every == 0 or is_last)
                 want_stop = stop.requested(step) or step == end_step
-                if not (want_log or want_ckpt or want_grid or want_stop):
+                if not (want_log or want_ckpt or want_grid or want_eval or want_stop):
                     continue
                 metrics.flush()
                 scalars = window.summary(tc.batch_size) if want_log else None
                 if scalars is not None:
                     writer.write(step, scalars)
                     bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['img_per_s']:.0f}")
-                if want_ckpt or want_stop:
-                    ckpt.save(step, state, data_iterator=data_iter, meta=meta)
+                scores = evaluate(step, state.ema_params) if want_eval else None
+                if scores is not None:
+                    writer.write(step, scores, section="eval")
+                    _say(f"step {step}: {_describe_scores(scores)}")
+                if want_ckpt or want_stop or want_eval:
+                    ckpt.save(step, state, data_iterator=data_iter, meta=meta, metrics=scores)
                     metrics.last_saved = step
                 if want_grid:
-                    write_grid(step, state.ema_params)
+                    writer.image(step, "samples", write_grid(step, state.ema_params))
                 if want_stop and step < num_steps:
                     stopped_early = True
                     ckpt.wait()
@@ -280,6 +293,17 @@ def train_and_evaluate(
     return TrainResult(
         state=state, step=step, start_step=start_step, stopped_early=stopped_early, workdir=workdir
     )
+
+
+def _describe_scores(scores: dict[str, float]) -> str:
+    """One line for the console: the headline score and, for the digits metric, what a good value is."""
+    if "digits_fd" in scores:
+        return (
+            f"digits FD {scores['digits_fd']:.3f} (real-vs-real floor {scores['digits_floor']:.3f}: "
+            f"{scores['digits_fd'] / scores['digits_floor']:.2f}x; lower is better)"
+        )
+    kid = f", KID {scores['kid_mean']:.5f}" if "kid_mean" in scores else ""
+    return f"FID {scores['fid']:.3f}{kid} (lower is better)"
 
 
 def _finish(run: RunConfig, state: Any, start_step: int, workdir: str, ckpt: Checkpointer) -> None:
