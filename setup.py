@@ -46,8 +46,11 @@ setup(
             "ipykernel>=6",
             "jupytext>=1.16",
             "matplotlib>=3.8",
+            "wandb>=0.17",  # tested offline (WANDB_MODE=offline)
         ],
         "hf": ["datasets>=2.19"],
+        # train.wandb_project: the run's scalars and sample grids in Weights & Biases.
+        "wandb": ["wandb>=0.17"],
         "notebooks": ["matplotlib>=3.8", "jupytext>=1.16", "nbclient>=0.10", "ipykernel>=6"],
     },
 )
