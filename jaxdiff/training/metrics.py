@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from typing import Any
 
 import jax
@@ -52,9 +53,7 @@ def _start_wandb(project: str, workdir: str, config: dict[str, Any], start_step:
         ) from None
     id_path = os.path.join(workdir, "wandb_run_id")
     run_id = (
-        open(id_path, encoding="utf-8").read().strip()
-        if os.path.exists(id_path)
-        else wandb.util.generate_id()
+        open(id_path, encoding="utf-8").read().strip() if os.path.exists(id_path) else uuid.uuid4().hex[:8]
     )
     with open(id_path, "w", encoding="utf-8") as f:
         f.write(run_id)
