@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _sampler_peers import assert_rel_close, diffusers_scheduler, jax_model, run_diffusers
 
 from jaxdiff.errors import UserError
 from jaxdiff.samplers import (
@@ -28,6 +27,7 @@ from jaxdiff.samplers import (
     unipc,
 )
 from jaxdiff.schedules import make_schedule
+from tests._sampler_peers import assert_rel_close, diffusers_scheduler, jax_model, run_diffusers
 
 HEUN, EULER_A, UNIPC, DPM, FLOW = (
     m.CLASS_NAME for m in (heun, euler_ancestral, unipc, dpm_solver, flow_match)

@@ -84,6 +84,8 @@ def build(cfg: Mapping[str, Any], num_inference_steps: int) -> Sampler:
     check_choice(cfg, "solver_order", (1, 2, 3))
     check_choice(cfg, "algorithm_type", ALGORITHM_TYPES)
     check_choice(cfg, "solver_type", tuple(_SOLVER_TYPE_ALIASES))
+    if cfg["algorithm_type"] == "deis" and cfg["final_sigmas_type"] == "zero":
+        raise UserError("algorithm_type='deis' needs final_sigmas_type='sigma_min' (as in diffusers)")
     sde = cfg["algorithm_type"] == "sde-dpmsolver++"
     if sde and cfg["solver_order"] == 3:
         # diffusers' third-order step has no SDE form here (it fails when it gets there).
