@@ -318,6 +318,8 @@ def test_short_names_and_registry_entries():
         ({"_class_name": EULER, "sigma_schedule": "linear"}, "sigma_schedule='linear' is not one of"),
         ({"_class_name": EULER, "final_sigmas_type": "last"}, "final_sigmas_type='last' is not one of"),
         ({"_class_name": EULER, "sigma_min": 0.0}, "sigma_min=0.0 must be a positive number"),
+        ({"_class_name": EULER, "num_train_timesteps": 0}, "num_train_timesteps=0 must be a positive"),
+        ({"_class_name": DPM, "num_train_timesteps": 10.5}, "num_train_timesteps=10.5 must be a positive"),
         ({"_class_name": DPM, "sigma_max": 0.001}, "sigma_min=0.002 must be below sigma_max=0.001"),
         ({"_class_name": DPM, "sigma_data": "0.5"}, "sigma_data='0.5' must be a positive number"),
         ({"_class_name": DPM, "rho": -1}, "rho=-1 must be a positive number"),

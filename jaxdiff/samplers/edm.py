@@ -13,6 +13,7 @@ The data path is ``x = x0 + sigma n`` (variance exploding). The network ``F`` se
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,13 +45,17 @@ _F32 = np.float32
 
 def _positive(cfg: Mapping[str, Any], key: str) -> float:
     value = cfg[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
         raise UserError(f"{key}={value!r} must be a positive number")
     return float(value)
 
 
 def check_config(cfg: Mapping[str, Any]) -> None:
     """UserError naming the first bad value among the keys of ``EDM_DEFAULTS``."""
+    num_train_timesteps = cfg["num_train_timesteps"]
+    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, numbers.Integral):
+        raise UserError(f"num_train_timesteps={num_train_timesteps!r} must be a positive integer")
+    _positive(cfg, "num_train_timesteps")
     sigma_min, sigma_max = _positive(cfg, "sigma_min"), _positive(cfg, "sigma_max")
     if not sigma_min < sigma_max:
         raise UserError(f"sigma_min={cfg['sigma_min']!r} must be below sigma_max={cfg['sigma_max']!r}")

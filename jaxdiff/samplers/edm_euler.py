@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -50,7 +51,7 @@ class EDMEulerOptions:
 
 def _number(cfg: Mapping[str, Any], key: str) -> float:
     value = cfg[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
         raise UserError(f"{key}={value!r} must be a number")
     return float(value)
 
