@@ -4,7 +4,8 @@ XLA's CPU convolution (Eigen's packing around small GEMM kernels) reaches a lowe
 PyTorch's oneDNN kernels (``benchmarks/RESULTS.md``), and the 3x3 convolutions are most of a UNet's
 time. Winograd's algorithm (Lavin & Gray 2015, "Fast Algorithms for Convolutional Neural Networks",
 section 4) computes each 2x2 output tile from a 4x4 input tile with 16 multiplies per (input, output)
-channel pair instead of 36: the work becomes 16 independent matrix products ``[tiles, C_in] @ [C_in, C_out]`` between two cheap elementwise transforms,
+channel pair instead of 36: the work becomes 16 independent matrix products
+``[tiles, C_in] @ [C_in, C_out]`` between two cheap elementwise transforms,
 
     Y = A^T [ (G g G^T) * (B^T d B) ] A      per tile, "*" elementwise over the 4x4 positions,
 
