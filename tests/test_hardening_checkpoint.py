@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -183,3 +184,51 @@ def test_other_failures_are_not_storage_failures():
     wrapped = RuntimeError("save failed")
     wrapped.__cause__ = ValueError(TENSORSTORE_ENOSPC)
     assert storage_failure(wrapped) == "no space left on the device (ENOSPC)"
+
+
+# A command-line tool's view: the whole stderr of a process whose save fails is the one error line.
+CLI = """
+import errno, subprocess, sys
+import jax, jax.numpy as jnp
+from orbax.checkpoint._src.serialization import serialization
+from jaxdiff.checkpointing import Checkpointer
+from jaxdiff.errors import UserError
+
+directory, how = sys.argv[1], sys.argv[2]
+try:
+    ckpt = Checkpointer(directory + "/checkpoints")
+    ckpt.save(1, {"w": jnp.arange(8.0)})
+    ckpt.wait()
+    if how == "remount":
+        subprocess.run(["mount", "-o", "remount,ro", directory], check=True)
+    else:
+        async def failing_write(*args, **kwargs):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        serialization.async_serialize_from_host = failing_write
+    ckpt.save(2, {"w": jnp.arange(8.0) + 1})
+    ckpt.close()
+except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+@pytest.mark.parametrize("how", ["remount", "inject"])
+def test_a_failed_save_prints_only_the_error_line_and_exits(tmp_path, how):
+    context = _tmpfs(tmp_path / "disk", "8m") if how == "remount" else contextlib.nullcontext(tmp_path)
+    with context as directory:
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)), JAX_PLATFORMS="cpu")
+        done = subprocess.run(
+            [sys.executable, "-c", CLI, str(directory), how],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        cause = "read-only file system (EROFS)" if how == "remount" else "permission denied (EACCES)"
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(
+            f"error: cannot save checkpoint 2 to {directory}/checkpoints/2: {cause}"
+        )
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert sorted(os.listdir(directory / "checkpoints")) == ["1"]
