@@ -200,3 +200,58 @@ def test_a_symlinked_workdir_itself_is_the_users_choice(tmp_path):
     with _lock(tmp_path / "link"):
         assert (tmp_path / "real" / LOCK_NAME).exists()
     assert (tmp_path / "real" / "config.json").read_text() == "{}"
+
+
+# Each of two JAX processes (jax.distributed over 127.0.0.1) takes the lock: process 0 for the job.
+TWO_PROCESSES = """
+import json, os, sys
+import jax
+jax.distributed.initialize(f"127.0.0.1:{sys.argv[1]}", num_processes=2, process_id=int(sys.argv[2]))
+from jaxdiff.errors import UserError
+from jaxdiff.workdir import WorkdirLock
+lock = WorkdirLock(sys.argv[3], command="job")
+try:
+    lock.acquire()
+    result = {"held": lock.held, "lock_pid": lock.held and json.load(open(lock.path))["pid"] == os.getpid()}
+    lock.release()
+except UserError as e:
+    result = {"error": str(e)}
+print("RESULT " + json.dumps(result), flush=True)
+jax.distributed.shutdown()
+"""
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_processes(workdir):
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TWO_PROCESSES, str(port), str(i), str(workdir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out.split("RESULT ", 1)[1]))
+    return results
+
+
+def test_in_a_multi_process_job_process_0_holds_the_lock_and_all_learn_a_refusal(tmp_path):
+    results = _two_processes(tmp_path / "free")
+    assert results == [{"held": True, "lock_pid": True}, {"held": False, "lock_pid": False}]
+    assert not (tmp_path / "free" / LOCK_NAME).exists()  # released by process 0
+    with _lock(tmp_path / "taken"):
+        results = _two_processes(tmp_path / "taken")
+    assert results[0] == results[1] and f"pid {os.getpid()}" in results[0]["error"], results
