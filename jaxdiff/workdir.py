@@ -26,6 +26,8 @@ workdir: each directory below the workdir is opened with ``O_NOFOLLOW`` relative
 check-then-use race) and the file with ``O_NOFOLLOW``, so a symlink planted at ``metrics.jsonl`` or
 ``samples/`` is refused with a ``UserError`` naming it, never written through. The workdir itself may be a
 symlink (that is the user's choice of path). Paths are relative to the workdir and may not contain ``..``.
+A URL workdir (``gs://...``) has no symlinks: there the helpers write through ``etils.epath`` (an object is
+written whole).
 """
 
 from __future__ import annotations
@@ -355,6 +357,10 @@ def _broadcast_failure(failure: str) -> str:
 # -- safe writes ------------------------------------------------------------------------------------------
 
 
+def _is_url(workdir: str | os.PathLike) -> bool:
+    return "://" in os.fspath(workdir)
+
+
 def _parts(workdir: str, relpath: str | os.PathLike) -> list[str]:
     rel = os.fspath(relpath)
     parts = [p for p in rel.replace(os.sep, "/").split("/") if p not in ("", ".")]
@@ -417,6 +423,10 @@ def makedirs_in_workdir(workdir: str | os.PathLike, reldir: str | os.PathLike) -
     directory, or a ``reldir`` that is absolute or holds ``..``.
     """
     parts = _parts(os.fspath(workdir), reldir)
+    if _is_url(workdir):
+        path = epath.Path(os.fspath(workdir)).joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return os.fspath(path)
     with _directory_fd(workdir, parts, create=True):
         pass
     return os.path.join(os.fspath(workdir), *parts)
@@ -446,6 +456,11 @@ def open_in_workdir(
     if not parts:
         raise UserError(f"{os.fspath(relpath)!r} names no file inside the workdir {workdir}")
     *dirs, name = parts
+    if _is_url(workdir):
+        url = epath.Path(os.fspath(workdir)).joinpath(*parts)
+        if kind != "r":
+            url.parent.mkdir(parents=True, exist_ok=True)
+        return url.open(mode) if "b" in mode else url.open(mode, encoding=encoding or "utf-8")
     path = os.path.join(os.fspath(workdir), *parts)
     with _directory_fd(workdir, dirs, create=kind != "r") as parent:
         try:
@@ -467,6 +482,11 @@ def write_bytes_atomic(workdir: str | os.PathLike, relpath: str | os.PathLike, d
     if not parts:
         raise UserError(f"{os.fspath(relpath)!r} names no file inside the workdir {workdir}")
     *dirs, name = parts
+    if _is_url(workdir):
+        url = epath.Path(os.fspath(workdir)).joinpath(*parts)
+        url.parent.mkdir(parents=True, exist_ok=True)
+        url.write_bytes(data)  # an object store writes an object whole
+        return os.fspath(url)
     path = os.path.join(os.fspath(workdir), *parts)
     tmp = f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     with _directory_fd(workdir, dirs, create=True) as parent:
