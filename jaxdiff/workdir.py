@@ -190,14 +190,19 @@ class WorkdirLock:
         """Take the lock, or raise ``UserError`` naming the holder's pid, host and start time."""
         if self.held:
             return self
-        failure = ""
+        failure, error = "", None
         if self._process_index == 0:
             try:
                 self._acquire_url() if self.is_url else self._acquire_local()
-            except UserError as e:
-                failure = str(e)
+            except OSError as e:  # e.g. a read-only or full disk: one line, like any bad workdir
+                error = UserError(f"cannot write the lock file {self.path}: {e.strerror or e}")
+                failure = str(error)
+            except Exception as e:
+                error, failure = e, str(e) if isinstance(e, UserError) else f"process 0: {type(e).__name__}"
         if self._process_count > 1:
-            failure = _broadcast_failure(failure)
+            failure = _broadcast_failure(failure)  # (every process gets here, so none waits forever)
+        if error is not None:
+            raise error
         if failure:
             raise UserError(failure)
         self.held = self._process_index == 0

@@ -255,3 +255,9 @@ def test_in_a_multi_process_job_process_0_holds_the_lock_and_all_learn_a_refusal
     with _lock(tmp_path / "taken"):
         results = _two_processes(tmp_path / "taken")
     assert results[0] == results[1] and f"pid {os.getpid()}" in results[0]["error"], results
+
+
+def test_a_workdir_that_cannot_hold_a_lock_file_is_one_line(tmp_path):
+    (tmp_path / LOCK_NAME).mkdir()  # not a file: O_CREAT | O_EXCL fails, and so does reading it
+    message = str(pytest.raises(UserError, _lock(tmp_path).acquire).value)
+    assert message.startswith(f"cannot write the lock file {tmp_path / LOCK_NAME}") and "\n" not in message
