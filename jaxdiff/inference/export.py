@@ -10,6 +10,7 @@ from typing import Any
 import jax
 
 from jaxdiff import samplers
+from jaxdiff.errors import UserError
 from jaxdiff.interop import save_pipeline
 from jaxdiff.objectives import get_objective
 from jaxdiff.sharding import to_host
@@ -41,6 +42,11 @@ def export_diffusers(
         return os.fspath(directory)
     directory = os.path.abspath(os.fspath(directory))
     tmp = directory + ".tmp"
+    for path in (directory, tmp):
+        if os.path.islink(path):
+            raise UserError(
+                f"{path} is a symbolic link: the export writes a real folder there; remove the link"
+            )
     shutil.rmtree(tmp, ignore_errors=True)
     save_pipeline(tmp, host, dict(model_config), export_scheduler_config(diffusion))
     if os.path.exists(directory):
