@@ -48,6 +48,7 @@ __all__ = [
     "RunConfig",
     "SampleOptions",
     "TrainOptions",
+    "check_sampler_name",
     "config_to_json",
     "default_config",
     "load_config_json",
@@ -326,6 +327,16 @@ def _check_model_matches_data(
         )
 
 
+def check_sampler_name(name: Any, key: str = "--sampler") -> str:
+    """The canonical name of a registered sampler (a short name, an alias or a diffusers class name), or a
+    ``UserError`` naming ``key``."""
+    try:
+        return samplers.resolve_sampler(name).name
+    except UserError:
+        names = ", ".join(samplers.sampler_names())
+        raise UserError(f"{key}={name!r} is not allowed; use one of {names} (or an alias)") from None
+
+
 def validate_sampling(
     sampler: Any,
     steps: Any,
@@ -338,13 +349,7 @@ def validate_sampling(
     (``--sampler`` / ``--steps``, or the ``sample`` section with ``key_prefix="sample."``). Returns the
     sampler's canonical name (the name itself where the objective takes no scheduler)."""
     if objectives.get_objective(objective).uses_schedulers:
-        try:
-            sampler = samplers.resolve_sampler(sampler).name
-        except UserError:
-            names = ", ".join(samplers.sampler_names())
-            raise UserError(
-                f"{key_prefix}sampler={sampler!r} is not allowed; use one of {names} (or an alias)"
-            ) from None
+        sampler = check_sampler_name(sampler, f"{key_prefix}sampler")
     _check(
         _is_int(steps) and 1 <= steps <= num_train_timesteps,
         f"{key_prefix}{'num_inference_steps' if key_prefix.endswith('.') else 'steps'}",

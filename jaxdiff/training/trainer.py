@@ -41,7 +41,7 @@ from jaxdiff import grids, sharding
 from jaxdiff.checkpointing import Checkpointer, canonical_json, same_model_check, storage_failure
 from jaxdiff.data import make_train_iterator
 from jaxdiff.errors import UserError
-from jaxdiff.inference import checkpoint_dir, export_diffusers, generate, make_sample_fn
+from jaxdiff.inference import checkpoint_dir, export_diffusers, generate, sample_fn_for_run
 from jaxdiff.run_config import RunConfig, config_to_json, parse_run_config
 from jaxdiff.training.components import Components, build_components, build_train_step
 from jaxdiff.training.metrics import MetricsWindow, MetricsWriter
@@ -95,16 +95,12 @@ def _grid_path(workdir: str, step: int) -> str:
 def _grid_writer(run: RunConfig, c: Components, workdir: str) -> Callable[[int, Any], str]:
     """``write(step, ema_params) -> path``: the run's fixed-seed sample grid, ``samples/step_XXXXXXX.png``."""
     s = run.sample
-    sampling = run.objective.make_sampling(run.diffusion.to_dict(), s.sampler, s.num_inference_steps, s.eta)
-    fn = make_sample_fn(
+    fn = sample_fn_for_run(
+        run,
         c.apply_fn,
-        sampling,
-        image_shape=run.image_shape,
         mesh=c.mesh,
         param_sharding=c.state_sharding.ema_params,
         batch_size=min(s.batch_size, s.num_samples),
-        num_classes=run.num_classes,
-        microbatch_size=s.microbatch_size,
     )
 
     def write(step: int, params: Any) -> str:
