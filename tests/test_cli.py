@@ -104,7 +104,7 @@ def test_export_loads_in_diffusers_and_matches_jaxdiff(trained):
     torch = pytest.importorskip("torch")
     import jax.numpy as jnp
     from diffusers import DDPMPipeline
-    from jaxdiff.inference.sampling import load_workdir
+    from jaxdiff.inference import load_workdir
 
     workdir, _ = trained
     pipe = DDPMPipeline.from_pretrained(workdir / "diffusers")
@@ -222,7 +222,7 @@ def test_bad_input_is_one_line_exit_2(trained, env, tmp_path):
             "train.batch_size=3 must be a positive multiple of the device count 2",
         ),
         (digits + ["--config.model.norm_num_groups=0"], {}, "norm_num_groups=0"),
-        (digits + ["--config.sample.sampler=heun"], {}, "sample.sampler='heun'"),
+        (digits + ["--config.sample.sampler=lms"], {}, "sample.sampler='lms'"),
         (digits + [f"--config.data.source=folder:{tmp_path / 'missing'}"], {}, "missing"),
         (
             [
@@ -239,7 +239,7 @@ def test_bad_input_is_one_line_exit_2(trained, env, tmp_path):
         ),
         (["sample.py", "--workdir", str(tmp_path)], {}, "has no config.json"),
         (["sample.py", "--workdir", str(no_ckpt)], {}, "no checkpoint in"),
-        (["sample.py", "--workdir", str(workdir), "--sampler", "heun"], {}, "--sampler='heun'"),
+        (["sample.py", "--workdir", str(workdir), "--sampler", "lms"], {}, "--sampler='lms'"),
         (["sample.py", "--workdir", str(workdir), "--steps", "0"], {}, "--steps=0"),
         (["sample.py", "--workdir", str(workdir), "--steps", "1001"], {}, "--steps=1001"),
         (["sample.py"], {}, "give exactly one of --workdir"),

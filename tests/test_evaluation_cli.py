@@ -43,7 +43,7 @@ def test_bad_input_is_one_line(trained, eval_env, tmp_path):  # noqa: F811
         (["--workdir", str(workdir), "--ref_stats", wrong_dim], "64-dimensional statistics"),
         (["--workdir", str(workdir), "--ref_stats", str(tmp_path / "none.npz")], "do not exist"),
         (["--workdir", str(workdir), "--steps", "ten"], "--steps=ten must be integers"),
-        (["--workdir", str(workdir), "--sampler", "heun"], "--sampler='heun' is not allowed"),
+        (["--workdir", str(workdir), "--sampler", "lms"], "--sampler='lms' is not allowed"),
         (["--workdir", str(tmp_path / "nothing")], "nothing"),
         (["--ref_source", "digits", "--ref_out", str(tmp_path / "r.npz")], "needs --image_size"),
         ([], "give --workdir DIR"),
