@@ -12,7 +12,17 @@ from __future__ import annotations
 import dataclasses
 import types
 
-from jaxdiff.samplers import ddim, ddpm, dpm_solver, euler, euler_ancestral, flow_match, heun, unipc
+from jaxdiff.samplers import (
+    ddim,
+    ddpm,
+    dpm_solver,
+    edm_stochastic,
+    euler,
+    euler_ancestral,
+    flow_match,
+    heun,
+    unipc,
+)
 from jaxdiff.samplers.registry import register_sampler
 
 # In the order their names are listed (sampler_names()).
@@ -25,6 +35,7 @@ MODULES: tuple[types.ModuleType, ...] = (
     euler_ancestral,
     unipc,
     flow_match,
+    edm_stochastic,
 )
 BY_CLASS_NAME: dict[str, types.ModuleType] = {module.CLASS_NAME: module for module in MODULES}
 BY_KIND: dict[str, types.ModuleType] = {module.KIND: module for module in MODULES}
