@@ -27,10 +27,10 @@ import warnings  # noqa: E402
 import jax  # noqa: E402
 from absl import flags  # noqa: E402
 
-from jaxdiff import cli, grids, samplers  # noqa: E402  (jaxdiff first sets the CPU XLA flags)
+from jaxdiff import cli, grids  # noqa: E402  (jaxdiff first sets the CPU XLA flags)
 from jaxdiff.evaluation import scoring  # noqa: E402
 from jaxdiff.inference import generate, load_workdir  # noqa: E402
-from jaxdiff.run_config import validate_sampling  # noqa: E402
+from jaxdiff.run_config import check_sampler_name, validate_sampling  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py run directory: its newest checkpoint is sampled.")
 _METRIC = flags.DEFINE_enum("metric", "auto", ["auto", *scoring.METRICS], "inception (FID/KID) | digits.")
@@ -106,13 +106,7 @@ def main(argv: list[str]) -> None:
     if not _WORKDIR.value:
         raise cli.UserError("give --workdir DIR (a training run to evaluate) or --ref_source SOURCE")
     if _SAMPLER.value is not None:  # before loading a model
-        try:
-            samplers.resolve_sampler(_SAMPLER.value)
-        except cli.UserError:
-            names = ", ".join(samplers.sampler_names())
-            raise cli.UserError(
-                f"--sampler={_SAMPLER.value!r} is not allowed; use one of {names} (or an alias)"
-            ) from None
+        check_sampler_name(_SAMPLER.value)
     metric = _METRIC.value if _METRIC.value != "auto" else ("inception" if _REF_STATS.value else "digits")
     if metric == "inception" and not _REF_STATS.value:
         raise cli.UserError("--metric inception needs --ref_stats FILE.npz (see --ref_source to make one)")

@@ -23,7 +23,7 @@ from absl import flags  # noqa: E402
 
 from jaxdiff import cli, grids, samplers  # noqa: E402  (jaxdiff first sets the CPU XLA flags)
 from jaxdiff.inference import generate, load_pretrained, load_workdir  # noqa: E402
-from jaxdiff.run_config import validate_sampling  # noqa: E402
+from jaxdiff.run_config import check_sampler_name, validate_sampling  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py run directory: its newest checkpoint is used.")
 _PRETRAINED = flags.DEFINE_string("pretrained", None, "A diffusers pipeline folder or UNet2DModel folder.")
@@ -91,13 +91,7 @@ def main(argv: list[str]) -> None:
             f"--microbatch_size={_MICROBATCH.value} must be 0 (automatic) or a positive integer"
         )
     if _SAMPLER.value is not None:  # before loading a model
-        try:
-            samplers.resolve_sampler(_SAMPLER.value)
-        except cli.UserError:
-            names = ", ".join(samplers.sampler_names())
-            raise cli.UserError(
-                f"--sampler={_SAMPLER.value!r} is not allowed; use one of {names} (or an alias)"
-            ) from None
+        check_sampler_name(_SAMPLER.value)
     if _STRIP_EVERY.value is not None and not _STRIP.value:
         raise cli.UserError("--strip_every needs --process_strip FILE.png")
     cli.maybe_initialize_distributed(_DISTRIBUTED.value)

@@ -41,7 +41,10 @@ import numpy as np  # noqa: E402
 import jaxdiff  # noqa: E402,F401  (adds jaxdiff's CPU XLA flags; JAX has no backend yet)
 from jaxdiff.evaluation.digits import digits_metric  # noqa: E402
 
-DEFAULT_CURVE = "ddpm:10,25,50,100,1000;ddim:10,25,50,100;dpm++:10,25,50;euler:10,25,50,100"
+DEFAULT_CURVE = (
+    "ddpm:10,25,50,100,1000;ddim:10,25,50,100;dpm++:10,25,50;euler:10,25,50,100;"
+    "heun:10,25;euler_a:10,25,50;unipc:10,25,50;dpm++sde:10,25,50"
+)
 
 
 # -- real data and the feature space ---------------------------------------------------------------------
@@ -143,7 +146,8 @@ def sample_jaxdiff(apply_fn, params, scheduler_config: dict, steps: int, n: int,
             t0 = time.perf_counter()
         out.append(np.asarray(compiled(sampler, params, x_T, jax.random.fold_in(key, 1))))
         run_s += time.perf_counter() - t0
-    return np.concatenate(out)[:n], {"sample_s": run_s, "compile_s": compile_s}
+    info = {"sample_s": run_s, "compile_s": compile_s, "nfe": sampler.num_model_evaluations}
+    return np.concatenate(out)[:n], info
 
 
 # -- diffusers -----------------------------------------------------------------------------------------------
@@ -234,15 +238,19 @@ def sample_diffusers(model, scheduler_config: dict, steps: int, n: int, chunk: i
 
 
 def parse_curve(spec: str) -> list[tuple[str, int]]:
-    from jaxdiff.samplers import SAMPLER_NAMES
+    from jaxdiff.samplers import resolve_sampler, sampler_names
 
     items = []
     for part in spec.split(";"):
         name, _, steps = part.strip().partition(":")
-        if name not in SAMPLER_NAMES or not steps:
+        try:
+            name = resolve_sampler(name).name
+        except ValueError:
+            steps = ""
+        if not steps:
             raise SystemExit(
-                f"error: --curve item {part!r} is not SAMPLER:N,N,... with SAMPLER in ddpm, ddim, "
-                "dpm++, euler"
+                f"error: --curve item {part!r} is not SAMPLER:N,N,... with SAMPLER in "
+                f"{', '.join(sampler_names())}"
             )
         items += [(name, int(s)) for s in steps.split(",")]
     return items
@@ -336,18 +344,19 @@ def render(results: dict[str, Any], curve: list[tuple[str, int]]) -> str:
         f"(lower is better; real-vs-real floor {results['floor_train_vs_heldout']:.3f}; classifier held-out "
         f"accuracy {results['classifier_heldout_accuracy']:.3f})",
         "",
-        "| sampler | steps | "
+        "| sampler | steps | NFE | "
         + " | ".join(f"{s} FD" for s in sides)
         + " | "
         + " | ".join(f"{s} sampling s" for s in sides)
         + " |",
-        "|---|---|" + "---|" * (2 * len(sides)),
+        "|---|---|---|" + "---|" * (2 * len(sides)),
     ]
     for name, steps in curve:
         k = f"{name}:{steps}"
         fds = " | ".join(f"{results['sides'][s]['scores'][k]['fd']:.3f}" for s in sides)
         secs = " | ".join(f"{results['sides'][s]['scores'][k]['sample_s']:.1f}" for s in sides)
-        lines.append(f"| {name} | {steps} | {fds} | {secs} |")
+        nfe = results["sides"][sides[0]]["scores"][k].get("nfe", steps)
+        lines.append(f"| {name} | {steps} | {nfe} | {fds} | {secs} |")
     lines.append("")
     for s in sides:
         lines.append(f"- {s} training: {results['sides'][s]['train']}")

@@ -13,6 +13,7 @@ Modules (one idea each; docs/architecture.md draws how they depend on each other
   sharding       the device mesh and the shardings of states and batches
   run_config     the typed, validated run config and the default every config extends
   checkpointing  orbax CheckpointManager with the data iterator; partial restore of the weights
+  workdir        one run per workdir (a lock) and workdir writes that never follow symlinks
   inference      load a workdir or a diffusers folder, sample, export (never imports training)
   training       optimizer, EMA, the sharded train step, the train loop
   grids          sample grids and denoising strips as PNG

@@ -17,38 +17,133 @@ it to ``<step>`` only when every item is complete, so a process killed mid-write
 previous checkpoints intact and only a temporary directory, which is reported and removed at the next start.
 A finished checkpoint that cannot be restored (damaged files) is reported, moved to
 ``<directory>.damaged/<step>``, and the previous one is used.
+
+A save that fails for lack of storage (no space, quota, a read-only file system, no permission), whether
+the failure surfaces in ``save``, in orbax's background thread (then at the next ``save``, ``wait`` or
+``close``) or as a TensorStore ``RESOURCE_EXHAUSTED ... No space left on device`` message, raises one
+:class:`CheckpointStorageError` naming the checkpoint path and the cause, after orbax's background threads
+have stopped; the unfinished ``<step>.orbax-checkpoint-tmp*`` folder is removed (or the message says it could
+not be) and the finished checkpoints are left as they are. Orbax's own error logs of such a failure (each
+with a traceback) are dropped while a ``Checkpointer`` is open: the exception says it once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import os
+import re
+import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
+from orbax.checkpoint._src.futures import future as orbax_future
+from orbax.checkpoint._src.futures import synchronization as orbax_synchronization
 
 from jaxdiff.errors import UserError
 from jaxdiff.tree_paths import path_names
 
 __all__ = [
+    "CheckpointStorageError",
     "Checkpointer",
     "Restored",
     "config_fingerprint",
     "canonical_json",
     "describe_config_diff",
+    "storage_errno",
+    "storage_failure",
     "tree_signature",
 ]
 
 logger = logging.getLogger(__name__)
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
+
+
+class CheckpointStorageError(UserError):
+    """A checkpoint could not be written for lack of storage: no space, quota, read-only, no permission.
+
+    The message is one line naming the checkpoint path, the cause, the last finished checkpoint (left intact)
+    and what became of the unfinished temporary folder.
+    """
+
+
+# errno -> what a user reads; these are the failures of the storage, not of jaxdiff or of the data.
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+# The same failures as TensorStore (orbax's array writer) and cloud storage clients word them. A bare
+# RESOURCE_EXHAUSTED is not among them: XLA says that for device memory too.
+_STORAGE_MESSAGES = (
+    ("No space left on device", errno.ENOSPC),
+    ("Disk quota exceeded", errno.EDQUOT),
+    ("Read-only file system", errno.EROFS),
+    ("Permission denied", errno.EACCES),
+    ("PERMISSION_DENIED", errno.EACCES),
+    ("Operation not permitted", errno.EPERM),
+)
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+
+
+def _error_chain(error: BaseException) -> list[BaseException]:
+    """``error``, its causes and contexts, and the members of exception groups (each once)."""
+    seen: list[BaseException] = []
+    todo = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+    return seen
+
+
+def storage_errno(error: BaseException) -> int | None:
+    """The errno of a storage failure in ``error`` (ENOSPC, EDQUOT, EROFS, EACCES, EPERM), or None.
+
+    Looks through causes, contexts and exception groups; reads ``OSError.errno``, TensorStore's
+    ``[os_error_code='28']`` and the C library's wording (``No space left on device``)."""
+    for e in _error_chain(error):
+        if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+            return e.errno
+        text = str(e)
+        match = _OS_ERROR_CODE.search(text)
+        if match and int(match[1]) in _STORAGE_ERRNOS:
+            return int(match[1])
+        code = next((c for phrase, c in _STORAGE_MESSAGES if phrase in text), None)
+        if code is not None:
+            return code
+    return None
+
+
+def storage_failure(error: BaseException) -> str | None:
+    """The storage cause of ``error`` in words (``"no space left on the device (ENOSPC)"``), or None when
+    it is not a storage failure (see :func:`storage_errno`)."""
+    code = storage_errno(error)
+    return None if code is None else f"{_STORAGE_ERRNOS[code]} ({errno.errorcode[code]})"
+
+
+class _DropStorageFailureLogs(logging.Filter):
+    """Drops orbax's error logs (with tracebacks) of a storage failure that a Checkpointer reports itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or storage_failure(exc) is None
 
 
 def canonical_json(obj: Any) -> str:
@@ -109,8 +204,6 @@ def _is_primary() -> bool:
 
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -145,6 +238,23 @@ class Checkpointer:
         self.read_only = read_only
         if max_to_keep is not None and max_to_keep < 1:
             raise UserError(f"train.keep_checkpoints={max_to_keep} must be >= 1")
+        self._async = async_save and not read_only
+        self._saving: int | None = None  # the step whose background write is in flight
+        self._closed = False
+        self._log_filter = _DropStorageFailureLogs()
+        logging.getLogger("absl").addFilter(self._log_filter)
+        try:
+            self._open(max_to_keep, best_metric)
+        except Exception as e:
+            logging.getLogger("absl").removeFilter(self._log_filter)
+            cause = storage_failure(e)
+            if cause is None:
+                raise
+            raise CheckpointStorageError(
+                f"cannot use the checkpoint directory {self.directory}: {cause}"
+            ) from e
+
+    def _open(self, max_to_keep: int | None, best_metric: str | None) -> None:
         self._report_incomplete()
         keep: dict[str, Any] = {"max_to_keep": max_to_keep}
         if best_metric is not None:
@@ -159,9 +269,9 @@ class Checkpointer:
             keep = {"preservation_policy": ocp.checkpoint_managers.AnyPreservationPolicy([latest, best])}
         options = ocp.CheckpointManagerOptions(
             **keep,
-            enable_async_checkpointing=async_save and not read_only,
-            cleanup_tmp_directories=not read_only,
-            create=not read_only,  # (orbax's own read_only mode only adds warnings: saves are refused here)
+            enable_async_checkpointing=self._async,
+            cleanup_tmp_directories=not self.read_only,
+            create=not self.read_only,  # (orbax's read_only mode only warns: saves are refused here)
         )
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -227,9 +337,16 @@ class Checkpointer:
         Returns once the arrays are copied off the devices (the state may then be donated); the files are
         written in the background. A step that is already saved is skipped (returns False). ``metrics``:
         scalars kept with the checkpoint (``best_metric`` ranks by them).
+
+        Raises:
+          CheckpointStorageError: this save, or the previous one still in flight, failed for lack of storage
+            (the checkpointer is then closed).
         """
         if self.read_only:
             raise UserError(f"checkpoints in {self.directory} were opened read-only")
+        if self._closed:
+            raise UserError(f"the checkpointer of {self.directory} is closed")
+        self.wait()  # orbax waits for the previous save anyway; this names its step if it failed
         if step in self._manager.all_steps():
             return False
         items: dict[str, Any] = {
@@ -237,10 +354,17 @@ class Checkpointer:
             "meta": ocp.args.JsonSave(dict(meta or {}, step=int(step))),
         }
         if data_iterator is not None:
-            items["data"] = _grain_save(data_iterator)
-        return self._manager.save(
-            step, args=ocp.args.Composite(**items), metrics=dict(metrics) if metrics else None, force=True
-        )
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        self._saving = step
+        try:
+            started = self._manager.save(
+                step, args=ocp.args.Composite(**items), metrics=dict(metrics) if metrics else None, force=True
+            )
+        except Exception as e:
+            self._fail(step, e)
+        if not self._async:
+            self._saving = None
+        return started
 
     def restore(
         self,
@@ -287,7 +411,7 @@ class Checkpointer:
             items: dict[str, Any] = {"state": ocp.args.StandardRestore(abstract_state)}
             has_data = (self.directory / str(step) / "data").exists()
             if data_iterator is not None and has_data:
-                items["data"] = _grain_restore(data_iterator)
+                items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as e:  # noqa: BLE001
@@ -315,12 +439,72 @@ class Checkpointer:
         self._manager.reload()
 
     def wait(self) -> None:
-        """Block until the background writes are finished (and raise their errors)."""
-        self._manager.wait_until_finished()
+        """Block until the background writes are finished (and raise their errors: a storage failure as
+        :class:`CheckpointStorageError`)."""
+        if self._closed:
+            return
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            self._fail(self._saving, e)
+        self._saving = None
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Finish the background writes and release orbax's threads (idempotent; raises like :meth:`wait`)."""
+        if self._closed:
+            return
+        try:
+            self.wait()
+        finally:
+            self._shut_down()
+
+    def _shut_down(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            # A failed background save has already stopped its threads; this joins what is left.
+            with contextlib.suppress(Exception):
+                self._manager.wait_until_finished()
+            self._manager.close()
+        finally:
+            logging.getLogger("absl").removeFilter(self._log_filter)
+
+    def _fail(self, step: int | None, error: BaseException) -> None:
+        """Re-raise ``error``, or for a storage failure: stop orbax, remove the unfinished folder of
+        ``step`` and raise one ``CheckpointStorageError`` line."""
+        cause = storage_failure(error)
+        if cause is None:
+            raise error
+        _stop_stranded_save_threads(orbax_synchronization.OperationIdGenerator.get_current_operation_id())
+        # The failed save's work that never started is garbage now; Python would warn about each piece.
+        warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
+        with contextlib.suppress(Exception):
+            self._shut_down()
+        target = self.directory / str(step) if step is not None else self.directory
+        finished = sorted(int(p.name) for p in _listdir(self.directory) if p.name.isdigit())
+        kept = f"checkpoint {finished[-1]} is intact" if finished else "there is no earlier checkpoint"
+        leftover = ""
+        if _is_primary():
+            leftovers = []
+            for path in _listdir(self.directory):
+                if TMP_MARKER in path.name and (step is None or path.name.split(".", 1)[0] == str(step)):
+                    try:
+                        path.rmtree()
+                        leftovers.append(f"removed the unfinished {path}")
+                    except OSError as e:
+                        reason = storage_failure(e) or f"{type(e).__name__}: {e}"
+                        leftovers.append(f"could not remove the unfinished {path} ({reason}): delete it")
+            leftover = "; " + "; ".join(leftovers) if leftovers else ""
+        what = f"checkpoint {step}" if step is not None else "a checkpoint"
+        if storage_errno(error) in (errno.ENOSPC, errno.EDQUOT):
+            advice = f"free space on the disk of {self.directory}"
+        else:
+            advice = f"make {self.directory} writable"
+        raise CheckpointStorageError(
+            f"cannot save {what} to {target}: {cause}; {kept}{leftover}. To continue, {advice} and run the "
+            "same command again: it resumes from the last checkpoint"
+        ) from error
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -329,22 +513,42 @@ class Checkpointer:
         self.close()
 
 
-def _grain_handler() -> Any:
-    import grain
+def _stop_stranded_save_threads(operation_id: str, timeout_s: float = 30.0) -> None:
+    """Stop orbax's background threads of a failed save that still wait for a signal from it.
 
+    When the step directory cannot be created (read-only, no space), the threads of the other items wait
+    for its "created" signal until orbax's barrier timeout (300 s) and then log ``TimeoutError``
+    tracebacks. Each is cancelled and woken (its signal set), so it returns without running. This uses
+    orbax's private ``_SignalingThread``; if that changes, the threads are left to time out as before.
+    """
+    thread_type = getattr(orbax_future, "_SignalingThread", None)
+    if thread_type is None:
+        return
+    stranded = [
+        t
+        for t in threading.enumerate()
+        if isinstance(t, thread_type) and t.is_alive() and getattr(t, "_operation_id", None) == operation_id
+    ]
+    for thread in stranded:
+        thread.cancel()
+    for thread in stranded:
+        with contextlib.suppress(Exception):
+            orbax_future.set_signals(thread._receive_signals, operation_id=operation_id)
+    deadline = time.monotonic() + timeout_s
+    for thread in stranded:
+        # (orbax's join raises CancelledError for a cancelled thread: that is the expected outcome)
+        threading.Thread.join(thread, timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _grain_handler() -> Any:
     return grain.checkpoint.CheckpointHandler()
 
 
-def _grain_save(iterator: Any) -> Any:
-    import grain
-
-    return grain.checkpoint.CheckpointSave(iterator)
-
-
-def _grain_restore(iterator: Any) -> Any:
-    import grain
-
-    return grain.checkpoint.CheckpointRestore(iterator)
+def _listdir(directory: epath.Path) -> list[epath.Path]:
+    try:
+        return sorted(directory.iterdir())
+    except OSError:
+        return []
 
 
 def same_model_check(

@@ -7,6 +7,7 @@ Small images are upscaled with nearest-neighbour pixels so a grid of 16x16 digit
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from typing import Any
@@ -67,15 +68,22 @@ def make_grid(
     return grid
 
 
+def png_bytes(array: np.ndarray) -> bytes:
+    """A uint8 ``[H, W, C]`` image (C = 1 or 3) encoded as PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _save_png(path: str | os.PathLike, array: np.ndarray) -> str:
     path = os.fspath(path)
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
-    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     # Write then rename, so a reader (or an interrupted run) never sees half a PNG.
     tmp = f"{path}.tmp-{os.getpid()}"
-    image.save(tmp, format="PNG")
+    with open(tmp, "wb") as f:
+        f.write(png_bytes(array))
     os.replace(tmp, path)
     return path
 

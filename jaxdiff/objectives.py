@@ -230,8 +230,7 @@ def _ddpm_validate(diffusion: Mapping[str, Any]) -> None:
 
 def _ddpm_accepts(entry: samplers.SamplerEntry) -> bool:
     """The samplers of a discrete beta schedule (DDPM, DDIM, DPM-Solver, Euler, Heun, UniPC, ...)."""
-    other = entry.class_name in EDM_SCHEDULER_CLASSES | FLOW_SCHEDULER_CLASSES
-    return not other and "beta_schedule" in entry.config_keys
+    return entry.discrete_schedule and entry.class_name not in EDM_SCHEDULER_CLASSES | FLOW_SCHEDULER_CLASSES
 
 
 def _ddpm_sampling(diffusion: Mapping[str, Any], sampler: str, num_steps: int, eta: float) -> Sampling:

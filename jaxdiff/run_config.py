@@ -48,6 +48,7 @@ __all__ = [
     "RunConfig",
     "SampleOptions",
     "TrainOptions",
+    "check_sampler_name",
     "config_to_json",
     "default_config",
     "load_config_json",
@@ -349,6 +350,16 @@ def _check_model_matches_data(
         )
 
 
+def check_sampler_name(name: Any, key: str = "--sampler") -> str:
+    """The canonical name of a registered sampler (a short name, an alias or a diffusers class name), or a
+    ``UserError`` naming ``key``."""
+    try:
+        return samplers.resolve_sampler(name).name
+    except UserError:
+        names = ", ".join(samplers.sampler_names())
+        raise UserError(f"{key}={name!r} is not allowed; use one of {names} (or an alias)") from None
+
+
 def validate_sampling(
     sampler: Any,
     steps: Any,
@@ -381,6 +392,20 @@ def _derive_warmup(train: TrainOptions, log: Callable[[str], None]) -> TrainOpti
         f"warming up over {derived} steps instead"
     )
     return dataclasses.replace(train, warmup_steps=derived)
+
+
+def _derive_eval(train: TrainOptions, data: DataOptions, log: Callable[[str], None]) -> TrainOptions:
+    """The digits metric scores the 16x16 grayscale digits only: on other data (a digits-based config
+    pointed at a folder, say) its evaluation is off, with one logged line."""
+    digits = (data.source, data.image_size, data.channels) == ("digits", 16, 1)
+    if not train.eval_every or train.eval_metric != "digits" or digits:
+        return train
+    log(
+        f"train.eval_metric='digits' scores 16x16 grayscale digits, not data.source={data.source!r} at "
+        f"{data.image_size}x{data.image_size}x{data.channels}: no evaluation during training "
+        "(train.eval_metric='inception' with train.eval_ref_stats measures any data)"
+    )
+    return dataclasses.replace(train, eval_every=0)
 
 
 def parse_run_config(config: Any, *, log: Callable[[str], None] | None = None) -> RunConfig:
@@ -429,16 +454,9 @@ def parse_run_config(config: Any, *, log: Callable[[str], None] | None = None) -
         train.eval_ref_stats,
         "train.eval_metric='inception' needs reference statistics (an .npz: evaluate.py --ref_source)",
     )
-    _check(
-        train.eval_metric != "digits"
-        or not train.eval_every
-        or (data.source, data.image_size, data.channels) == ("digits", 16, 1),
-        "train.eval_metric",
-        train.eval_metric,
-        "the digits metric scores 16x16 grayscale digits (data.source='digits', image_size 16, channels 1); "
-        "use 'inception' with train.eval_ref_stats for other data",
-    )
-    train = _derive_warmup(train, log or logger.warning)
+    log = log or logger.warning
+    train = _derive_warmup(train, log)
+    train = _derive_eval(train, data, log)
     return RunConfig(
         seed=seed, data=data, model=model, diffusion=diffusion, train=train, sample=sample, source=config
     )

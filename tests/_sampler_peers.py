@@ -79,8 +79,9 @@ def run_diffusers(
 ):
     """A diffusers pipeline's loop on ``x_T`` (NHWC: the schedulers used here are layout-agnostic).
 
-    Stochastic steps get jaxdiff's noise (``step_noise(key, i, shape)``): DDIM through ``variance_noise``,
-    the others by replacing ``randn_tensor`` in their modules. Returns ``(x0, xs, pred_x0s)`` where ``xs[i]``
+    ``call`` are options of ``step`` (DDIM's ``eta``, EDM Euler's ``s_churn``, ...). Stochastic steps get
+    jaxdiff's noise (``step_noise(key, i, shape)``): DDIM through ``variance_noise``, the others by
+    replacing ``randn_tensor`` in their modules. Returns ``(x0, xs, pred_x0s)`` where ``xs[i]``
     is the sample entering step ``i`` and ``pred_x0s[i]`` the x0 prediction at step ``i`` (for the
     multistep solvers, the data prediction they store; UniPC without ``predict_x0``: its conversion to x0).
     """
@@ -99,11 +100,9 @@ def run_diffusers(
             if key is not None:
                 current["noise"] = torch.from_numpy(np.asarray(step_noise(key, i, tuple(x.shape))))
             model_output = torch_model(scale_model_input(x, t), t.expand(x.shape[0]))
-            kwargs = {}
-            if config["_class_name"] == "DDIMScheduler":
-                kwargs = dict(call)
-                if call.get("eta", 0.0) > 0:
-                    kwargs["variance_noise"] = current["noise"]
+            kwargs = dict(call)  # step()'s options: DDIM's eta, ..., EDM Euler's s_churn, ...
+            if config["_class_name"] == "DDIMScheduler" and call.get("eta", 0.0) > 0:
+                kwargs["variance_noise"] = current["noise"]
             xs.append(x.numpy().copy())
             out = scheduler.step(model_output, t, x, **kwargs)
             if config["_class_name"] == "UniPCMultistepScheduler" and not scheduler.config.predict_x0:

@@ -39,6 +39,7 @@ TINY = [
     "--config.sample.num_samples=4",
     "--config.sample.batch_size=4",
     "--config.sample.num_inference_steps=2",
+    "--config.train.eval_num_samples=8",  # digits.py scores its EMA samples at the end
 ]
 
 
@@ -86,9 +87,13 @@ def test_train_cli_writes_the_run(trained):
     assert "exported the EMA model as a diffusers pipeline" in result.stderr
     config = json.loads((workdir / "config.json").read_text())
     assert config["train"]["num_steps"] == 6 and config["model"]["block_out_channels"] == [8, 16]
-    metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    metrics = [m for m in lines if "eval/digits_fd" not in m]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
     assert all(np.isfinite(m["loss"]) and m["img_per_s"] > 0 and m["lr"] >= 0 for m in metrics)
+    evals = [m for m in lines if "eval/digits_fd" in m]
+    assert [m["step"] for m in evals] == [6] and np.isfinite(evals[0]["eval/digits_fd"])
+    assert f"step 6: digits FD {evals[0]['eval/digits_fd']:.3f} (real-vs-real floor" in result.stderr
     assert sorted(p.name for p in (workdir / "samples").iterdir()) == ["step_0000003.png", "step_0000006.png"]
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2, 4, 6]

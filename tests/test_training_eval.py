@@ -74,7 +74,6 @@ def test_wandb_offline_gets_the_scalars_and_the_grids(tmp_path, monkeypatch):
     [
         ({"train.eval_metric": "psnr"}, "train.eval_metric='psnr' is not allowed"),
         ({"train.eval_metric": "inception"}, "train.eval_ref_stats='' is not allowed"),
-        ({"data.image_size": 32}, "the digits metric scores 16x16 grayscale digits"),
     ],
 )
 def test_settings_that_cannot_be_measured_are_refused(changes, message):
@@ -84,3 +83,14 @@ def test_settings_that_cannot_be_measured_are_refused(changes, message):
         config[section][name] = value
     with pytest.raises(UserError, match=message):
         validate_config(config)
+
+
+def test_the_digits_metric_is_off_for_other_data_with_one_line():
+    from jaxdiff.run_config import parse_run_config
+
+    config = _eval_config()
+    config.data.image_size = 32
+    said = []
+    assert parse_run_config(config, log=said.append).train.eval_every == 0
+    assert len(said) == 1 and "no evaluation during training" in said[0]
+    assert parse_run_config(_eval_config(), log=said.append).train.eval_every == 2

@@ -3,11 +3,9 @@
 XLA's CPU runtime allocates each execution's temporary buffers afresh: one arena of ~600 MB for the
 course UNet's train step at batch 16. glibc's ``malloc`` serves an allocation that large with ``mmap``
 and unmaps it on ``free``, so every step page-faults the whole arena in again and the kernel zeroes it
-(~148,000 faults and 15-20% of the CPU time per step on a 2-core machine). mimalloc, told never to hand
-freed memory back to the OS (``MIMALLOC_PURGE_DELAY=-1``), serves the next step from the same pages:
-the course UNet trains 1.17x (batch 16) and 1.25x (batch 64) faster; torch in the same process moves
-within noise (see ``benchmarks/RESULTS.md``). Intel's PyTorch CPU guides preload tcmalloc or jemalloc
-for the same reason.
+(a sizeable share of each step's CPU time). mimalloc, told never to hand freed memory back to the OS
+(``MIMALLOC_PURGE_DELAY=-1``), serves the next step from the same pages (measurements in
+``benchmarks/RESULTS.md``). Intel's PyTorch CPU guides preload tcmalloc or jemalloc for the same reason.
 
 A malloc replacement only takes effect when the dynamic loader puts it first, at process start, so
 :func:`relaunch_under_mimalloc` re-executes the program with ``LD_PRELOAD`` set; ``train.py``,

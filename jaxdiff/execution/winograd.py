@@ -1,11 +1,11 @@
 """3x3 convolutions by Winograd's minimal filtering F(2x2, 3x3): the UNet's inference convolution on a CPU.
 
-XLA's CPU convolution (Eigen's packing around small GEMM kernels) reaches ~175-210 GFLOP/s on the 2-core
-machine of ``benchmarks/RESULTS.md``, where PyTorch's oneDNN kernels reach ~230-290, and the 3x3
-convolutions are most of a UNet's time. Winograd's algorithm (Lavin & Gray 2015, "Fast Algorithms for
-Convolutional Neural Networks", section 4) computes each 2x2 output tile from a 4x4 input tile with 16
-multiplies per (input, output) channel pair instead of 36: the work becomes 16 independent matrix
-products ``[tiles, C_in] @ [C_in, C_out]`` between two cheap elementwise transforms,
+XLA's CPU convolution (Eigen's packing around small GEMM kernels) reaches a lower FLOP rate than
+PyTorch's oneDNN kernels (``benchmarks/RESULTS.md``), and the 3x3 convolutions are most of a UNet's
+time. Winograd's algorithm (Lavin & Gray 2015, "Fast Algorithms for Convolutional Neural Networks",
+section 4) computes each 2x2 output tile from a 4x4 input tile with 16 multiplies per (input, output)
+channel pair instead of 36: the work becomes 16 independent matrix products
+``[tiles, C_in] @ [C_in, C_out]`` between two cheap elementwise transforms,
 
     Y = A^T [ (G g G^T) * (B^T d B) ] A      per tile, "*" elementwise over the 4x4 positions,
 
@@ -80,9 +80,8 @@ def input_transform(x: jax.Array) -> jax.Array:
     zero-padded by one pixel; the leading axis runs over the 16 tile positions, row-major."""
     b, h, w, c = x.shape
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    # Rows, then columns: two stacks of 4 terms, which XLA fuses into one loop each. A single stack of 16
-    # terms it splits into 16 loops and a copy (the UNet's forward pass: 1.13x instead of 1.20x faster
-    # than with XLA's convolution).
+    # Rows, then columns: two stacks of 4 terms, which XLA fuses into one loop each (a single stack of 16
+    # terms it splits into 16 loops and a copy).
     rows = _combine(_BT, [lax.slice_in_dim(xp, u, u + h - 1, 2, axis=1) for u in range(4)], 0)
     tiles = _combine(_BT, [lax.slice_in_dim(rows, v, v + w - 1, 2, axis=3) for v in range(4)], 1)
     return tiles.reshape(16, b * (h // 2) * (w // 2), c)

@@ -1,10 +1,10 @@
 """Faster XLA defaults on the CPU, applied once when ``jaxdiff`` is imported.
 
 XLA's CPU backend hands each convolution to YNNPACK by default. For the UNet convolutions used here
-(3x3, 32-256 channels, NHWC) XLA's own convolution path (Eigen) is markedly faster: on a 2-core AVX-512
-machine the course's 32x32 UNet trains about 1.2x and samples about 1.4x faster with YNNPACK's convolution
-fusion switched off (see ``benchmarks/RESULTS.md``). XLA reads ``XLA_FLAGS`` once, when its first backend
-is created, so the flag has to be in the environment before that; ``import jaxdiff`` adds it there.
+(3x3, 32-256 channels, NHWC) XLA's own convolution path (Eigen) is markedly faster, so YNNPACK's
+convolution fusion is switched off (measurements in ``benchmarks/RESULTS.md``). XLA reads ``XLA_FLAGS``
+once, when its first backend is created, so the flag has to be in the environment before that;
+``import jaxdiff`` adds it there.
 
 Rules:
 - A user's own setting wins: an option already named in ``XLA_FLAGS`` is never touched.

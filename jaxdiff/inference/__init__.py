@@ -8,7 +8,7 @@ Depends on models, samplers, objectives, checkpointing and interop, never on ``j
 """
 
 from jaxdiff.inference.export import export_diffusers, export_scheduler_config
-from jaxdiff.inference.generate import SampleFn, generate, make_sample_fn
+from jaxdiff.inference.generate import SampleFn, generate, make_sample_fn, sample_fn_for_run
 from jaxdiff.inference.loading import LoadedModel, checkpoint_dir, load_pretrained, load_workdir
 
 __all__ = [
@@ -21,4 +21,5 @@ __all__ = [
     "load_pretrained",
     "load_workdir",
     "make_sample_fn",
+    "sample_fn_for_run",
 ]

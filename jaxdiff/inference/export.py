@@ -47,6 +47,11 @@ def export_diffusers(
         return os.fspath(directory)
     directory = os.path.abspath(os.fspath(directory))
     tmp = directory + ".tmp"
+    for path in (directory, tmp):
+        if os.path.islink(path):
+            raise UserError(
+                f"{path} is a symbolic link: the export writes a real folder there; remove the link"
+            )
     shutil.rmtree(tmp, ignore_errors=True)
     save_pipeline(
         tmp,

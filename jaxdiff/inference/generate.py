@@ -21,9 +21,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdiff.execution import passes
 from jaxdiff.objectives import Sampling
+from jaxdiff.run_config import RunConfig
 from jaxdiff.sharding import BATCH_AXES, to_host
 
-__all__ = ["SampleFn", "generate", "make_sample_fn"]
+__all__ = ["SampleFn", "generate", "make_sample_fn", "sample_fn_for_run"]
 
 
 @dataclasses.dataclass
@@ -104,6 +105,25 @@ def make_sample_fn(
         image_shape=shape,
         num_steps=int(sampling.num_steps),
         intermediates_every=intermediates_every,
+    )
+
+
+def sample_fn_for_run(
+    run: RunConfig, apply_fn: Callable[..., jax.Array], *, mesh: Mesh, param_sharding: Any, batch_size: int
+) -> SampleFn:
+    """:func:`make_sample_fn` with a run's ``sample`` section (sampler, steps, eta, passes), image shape,
+    classes and objective: what the training grids and evaluations draw."""
+    s = run.sample
+    sampling = run.objective.make_sampling(run.diffusion.to_dict(), s.sampler, s.num_inference_steps, s.eta)
+    return make_sample_fn(
+        apply_fn,
+        sampling,
+        image_shape=run.image_shape,
+        mesh=mesh,
+        param_sharding=param_sharding,
+        batch_size=batch_size,
+        num_classes=run.num_classes,
+        microbatch_size=s.microbatch_size,
     )
 
 

@@ -13,15 +13,25 @@ jaxdiff leaf                  diffusers key suffix   array
 ============================  =====================  ===========================================
 
 Files are read with ``safetensors.numpy`` (no torch needed); ``.bin`` checkpoints need torch,
-which is imported only then. Folders written here load with ``UNet2DModel.from_pretrained`` and
-``DDPMPipeline.from_pretrained`` / ``DDIMPipeline.from_pretrained``.
+which is imported only then, and are read with ``torch.load(weights_only=True)``: a pickle holding
+anything but tensors is refused unread, never run. Folders written here load with
+``UNet2DModel.from_pretrained`` and ``DDPMPipeline.from_pretrained`` / ``DDIMPipeline.from_pretrained``.
+
+Damaged or hostile files are ``UserError``s naming the file: a truncated or foreign safetensors file, a
+``.bin`` that is not a state dict of tensors, weights of a non-floating dtype or the wrong shape (naming the
+key), and a sharded index (``*.safetensors.index.json``) naming a file outside the model folder (``../``,
+an absolute path, or a symlink leading out; Hugging Face's cache layout, ``snapshots/<rev>/`` linking into
+the same repository's ``blobs/``, is inside). Saving writes real files below the target folder and refuses
+symlinks there (``jaxdiff.workdir``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,11 +39,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from safetensors import SafetensorError
+from safetensors.flax import load_file as load_safetensors_flax
+from safetensors.numpy import load_file as load_safetensors_numpy
+from safetensors.numpy import save as safetensors_bytes
 
 from jaxdiff.errors import UserError
 from jaxdiff.models import ApplyFn, create_model, functional
 from jaxdiff.models.config import UNET2D_CLASS_NAME, class_name, to_dict, to_json_dict, unet2d_config
 from jaxdiff.models.layers import Dtype
+from jaxdiff.workdir import makedirs_in_workdir, write_bytes_atomic, write_text_atomic
 
 DIFFUSERS_VERSION = "0.42.1"  # the version whose UNet2DModel jaxdiff mirrors; written into saved configs
 CONFIG_NAME = "config.json"
@@ -145,6 +160,10 @@ def _match(state_dict: Mapping[str, Any], template: nnx.Module) -> list[tuple[An
         if key not in state_dict:
             raise UserError(f"weights are missing {key!r} that the config's model needs")
         array = from_torch_layout(str(path[-1]), np.asarray(state_dict[key]))
+        if not jnp.issubdtype(array.dtype, jnp.floating):
+            raise UserError(
+                f"weight {key!r} has dtype {array.dtype}; the config's model needs floating-point weights"
+            )
         if array.shape != variable.shape:
             raise UserError(
                 f"weight {key!r} has shape {tuple(np.shape(state_dict[key]))}, "
@@ -212,53 +231,112 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(_jsonable(data), f, indent=2, sort_keys=False)
-        f.write("\n")
+def _json_text(data: Mapping[str, Any]) -> str:
+    return json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n"
 
 
 def _load_safetensors(path: str) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
     try:
-        return load_file(path)
-    except (SafetensorError, KeyError, TypeError):
-        # numpy has no bfloat16: read through the flax backend instead, then onto the host.
-        from safetensors.flax import load_file as load_flax
+        return load_safetensors_numpy(path)
+    except SafetensorError as e:
+        raise UserError(f"{path!r} is truncated or not a safetensors file ({_first_line(e)})") from None
+    except (KeyError, TypeError):
+        # A dtype numpy cannot hold: read through the flax backend instead, then onto the host.
+        return {k: np.asarray(v) for k, v in load_safetensors_flax(path).items()}
 
-        return {k: np.asarray(v) for k, v in load_flax(path).items()}
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+_UNPICKLER_ERROR = re.compile(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", re.DOTALL)
 
 
 def _load_bin(path: str) -> dict[str, np.ndarray]:
     try:
-        import torch
+        import torch  # optional (the "test" extra): only .bin files need it, and it is slow to import
     except ImportError:
         raise UserError(
             f"{path!r} is a PyTorch pickle: install torch to read it, or convert it to safetensors"
         ) from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            # weights_only: torch's restricted unpickler, which refuses (never calls) anything but tensors.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        match = _UNPICKLER_ERROR.search(str(e))
+        detail = " ".join(match[1].split())[:200] if match else _first_line(e)
+        raise UserError(
+            f"{path!r} holds objects other than tensors ({detail}); it was not loaded, since that could run "
+            "code: use a safetensors file or a state dict of tensors"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - zip, EOF and storage errors of a damaged file
+        raise UserError(f"{path!r} is truncated or not a PyTorch weights file ({_first_line(e)})") from None
+    if not isinstance(state, Mapping):
+        raise UserError(f"{path!r} holds a {type(state).__name__}, not a state dict of tensors")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"{path!r}: {key!r} holds a {type(value).__name__}, not a tensor")
     return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in state.items()}
+
+
+def _allowed_roots(folder: str) -> list[str]:
+    """The real directories a model folder's files may lead into: the folder, and for a folder in Hugging
+    Face's cache (``models--org--name/snapshots/<rev>/...``, files linked into ``blobs/``) that ``blobs``."""
+    roots = [os.path.realpath(folder)]
+    parts = os.path.abspath(folder).split(os.sep)
+    for i in range(len(parts) - 1, 0, -1):
+        if parts[i] == "snapshots" and parts[i - 1].startswith("models--"):
+            roots.append(os.path.realpath(os.sep.join([*parts[:i], "blobs"])))
+            break
+    return roots
+
+
+def _shard_files(folder: str, index_path: str) -> list[str]:
+    """The shard paths a ``*.safetensors.index.json`` names, each a file inside ``folder``."""
+    index = _read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise UserError(f"{index_path!r} has no 'weight_map' object of parameter name -> shard file name")
+    roots = _allowed_roots(folder)
+    paths = []
+    for name in sorted(set(weight_map.values())):
+        if not name or os.path.isabs(name) or os.path.basename(name) != name or name in (".", ".."):
+            raise UserError(
+                f"{index_path!r} names the shard {name!r}: shards must be plain file names in the model "
+                "folder"
+            )
+        path = os.path.join(folder, name)
+        real = os.path.realpath(path)
+        if not any(os.path.commonpath([real, root]) == root for root in roots):
+            raise UserError(
+                f"{index_path!r} names the shard {name!r}, a link to {real} outside the model folder"
+            )
+        if not os.path.isfile(path):
+            raise UserError(f"{index_path!r} names the shard {name!r}, which is not a file in {folder!r}")
+        paths.append(path)
+    return paths
 
 
 def read_state_dict(folder: Path) -> dict[str, np.ndarray]:
     """The weights of a diffusers model folder: ``diffusion_pytorch_model.safetensors`` (or its sharded
-    index), else ``diffusion_pytorch_model.bin`` (needs torch)."""
+    index), else ``diffusion_pytorch_model.bin`` (needs torch). Damaged files and an index naming files
+    outside the folder raise ``UserError`` naming the file."""
     folder = os.fspath(folder)
     single = os.path.join(folder, SAFETENSORS_NAME)
     index = os.path.join(folder, SAFETENSORS_INDEX_NAME)
-    pickle = os.path.join(folder, BIN_NAME)
+    pickled = os.path.join(folder, BIN_NAME)
     if os.path.isfile(single):
         return _load_safetensors(single)
     if os.path.isfile(index):
-        shards = sorted(set(_read_json(index)["weight_map"].values()))
         state: dict[str, np.ndarray] = {}
-        for shard in shards:
-            state.update(_load_safetensors(os.path.join(folder, shard)))
+        for shard in _shard_files(folder, index):
+            state.update(_load_safetensors(shard))
         return state
-    if os.path.isfile(pickle):
-        return _load_bin(pickle)
+    if os.path.isfile(pickled):
+        return _load_bin(pickled)
     raise UserError(
         f"{folder!r} has no weights: expected {SAFETENSORS_NAME}, {SAFETENSORS_INDEX_NAME} or {BIN_NAME}"
     )
@@ -303,17 +381,16 @@ def _diffusers_unet_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def save_unet(path: Path, params: Params, config: Mapping[str, Any]) -> None:
     """Write ``params`` as a diffusers ``UNet2DModel`` folder: ``config.json`` and
     ``diffusion_pytorch_model.safetensors`` (float32 for bfloat16 params), loadable with
-    ``UNet2DModel.from_pretrained(path)``. The params must match ``config``."""
-    from safetensors.numpy import save_file
-
+    ``UNet2DModel.from_pretrained(path)``. The params must match ``config``. Each file is written whole
+    (a temporary file renamed) as a real file: a symlink in its place is refused (``UserError``)."""
     json_config = _diffusers_unet_config(config)
     state_dict = params_to_state_dict(params)
     _match(
         state_dict, template_model(json_config)
     )  # same keys and shapes as the config's model, or UserError
-    os.makedirs(path, exist_ok=True)
-    _write_json(os.path.join(os.fspath(path), CONFIG_NAME), json_config)
-    save_file(state_dict, os.path.join(os.fspath(path), SAFETENSORS_NAME), metadata={"format": "pt"})
+    makedirs_in_workdir(path, "")
+    write_text_atomic(path, CONFIG_NAME, _json_text(json_config))
+    write_bytes_atomic(path, SAFETENSORS_NAME, safetensors_bytes(state_dict, metadata={"format": "pt"}))
 
 
 def _scheduler_json(scheduler_config: Mapping[str, Any] | Any) -> dict[str, Any]:
@@ -346,17 +423,19 @@ def save_pipeline(
         "DDIMPipeline" if sched["_class_name"] == "DDIMScheduler" else "DDPMPipeline"
     )
     root = os.fspath(path)
-    save_unet(os.path.join(root, "unet"), params, config)
-    os.makedirs(os.path.join(root, "scheduler"), exist_ok=True)
-    _write_json(os.path.join(root, "scheduler", SCHEDULER_CONFIG_NAME), sched)
-    _write_json(
-        os.path.join(root, MODEL_INDEX_NAME),
-        {
-            "_class_name": pipeline,
-            "_diffusers_version": DIFFUSERS_VERSION,
-            "scheduler": ["diffusers", sched["_class_name"]],
-            "unet": ["diffusers", UNET2D_CLASS_NAME],
-        },
+    save_unet(makedirs_in_workdir(root, "unet"), params, config)  # (a symlinked unet/ is refused)
+    write_text_atomic(root, f"scheduler/{SCHEDULER_CONFIG_NAME}", _json_text(sched))
+    write_text_atomic(
+        root,
+        MODEL_INDEX_NAME,
+        _json_text(
+            {
+                "_class_name": pipeline,
+                "_diffusers_version": DIFFUSERS_VERSION,
+                "scheduler": ["diffusers", sched["_class_name"]],
+                "unet": ["diffusers", UNET2D_CLASS_NAME],
+            }
+        ),
     )
 
 

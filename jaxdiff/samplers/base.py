@@ -15,8 +15,9 @@ class Sampler:
 
     Attributes:
       timesteps: ``[N]`` the values diffusers' ``scheduler.timesteps`` holds after
-        ``set_timesteps(num_inference_steps)``, in sampling order: int32 for DDPM, DDIM and DPM-Solver,
-        float32 for Euler (whose timesteps are fractional). These are the ``t`` the model sees.
+        ``set_timesteps(num_inference_steps)``, in sampling order: int32 for DDPM, DDIM, DPM-Solver and
+        UniPC, float32 for the Euler-type, flow-matching and EDM samplers (fractional; EDM's are
+        ``0.25 log sigma``). These are the ``t`` the model sees.
       init_noise_sigma: float32 scalar; ``sample`` multiplies the standard normal ``x_T`` by it.
       tables: per-step float32 schedule values the update rule reads (see each sampler module),
         e.g. ``alpha_bar`` / ``alpha_bar_prev`` ``[N]`` (DDPM, DDIM) or ``sigmas`` ``[N + 1]``

@@ -16,6 +16,8 @@ from jaxdiff.samplers import (
     ddim,
     ddpm,
     dpm_solver,
+    edm_dpm_solver,
+    edm_euler,
     edm_stochastic,
     euler,
     euler_ancestral,
@@ -35,6 +37,8 @@ MODULES: tuple[types.ModuleType, ...] = (
     euler_ancestral,
     unipc,
     flow_match,
+    edm_euler,
+    edm_dpm_solver,
     edm_stochastic,
 )
 BY_CLASS_NAME: dict[str, types.ModuleType] = {module.CLASS_NAME: module for module in MODULES}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import jax
@@ -140,8 +140,10 @@ class DPMSolverOptions:
         return self.sde
 
 
-def _step_orders(n: int, cfg: Mapping[str, Any]) -> np.ndarray:
-    """The order diffusers uses at each of the ``n`` steps (warm-up and lower-order final steps)."""
+def step_orders(n: int, cfg: Mapping[str, Any]) -> np.ndarray:
+    """int32 ``[n]``: the order diffusers uses at each of the ``n`` steps (warm-up and lower-order final
+    steps), from ``cfg``'s ``solver_order``, ``lower_order_final``, ``euler_at_final`` and
+    ``final_sigmas_type`` (also the EDM variant's)."""
     order, lower_final = int(cfg["solver_order"]), bool(cfg["lower_order_final"])
     orders = []
     for i in range(n):
@@ -214,7 +216,7 @@ def build(cfg: Mapping[str, Any], num_inference_steps: int) -> Sampler:
     return Sampler(
         timesteps=jnp.asarray(timesteps, jnp.int32),
         init_noise_sigma=jnp.float32(1.0),
-        tables={"sigmas": jnp.asarray(sigmas), "order": jnp.asarray(_step_orders(n, cfg))},
+        tables={"sigmas": jnp.asarray(sigmas), "order": jnp.asarray(step_orders(n, cfg))},
         options=options,
     )
 
@@ -225,9 +227,15 @@ def alpha_sigma(sigma: jax.Array) -> tuple[jax.Array, jax.Array]:
     return alpha, sigma * alpha
 
 
-def half_log_snr(sigma: jax.Array) -> jax.Array:
+# The ``(alpha_t, sigma_t)`` of a tabulated noise level ``sigma``: ``alpha_sigma`` for the VP models here,
+# ``(1, sigma)`` for EDM (whose inputs are scaled before the model, ``samplers/edm.py``). Every update
+# below takes one, so that both solvers share their formulas.
+AlphaSigmaFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def half_log_snr(sigma: jax.Array, alpha_sigma_fn: AlphaSigmaFn = alpha_sigma) -> jax.Array:
     """``lambda = log(alpha_t) - log(sigma_t)``; ``+inf`` at ``sigma = 0``."""
-    alpha, sigma_t = alpha_sigma(sigma)
+    alpha, sigma_t = alpha_sigma_fn(sigma)
     return jnp.log(alpha) - jnp.log(sigma_t)
 
 
@@ -245,14 +253,20 @@ def data_prediction(
     return clip_x0(x0, options.clipping)
 
 
-def first_order_update(x: jax.Array, m0: jax.Array, sigma_s: jax.Array, sigma_t: jax.Array) -> jax.Array:
+def first_order_update(
+    x: jax.Array,
+    m0: jax.Array,
+    sigma_s: jax.Array,
+    sigma_t: jax.Array,
+    alpha_sigma_fn: AlphaSigmaFn = alpha_sigma,
+) -> jax.Array:
     """First-order DPM-Solver++, which is DDIM (Lu et al. 2022b, Sec. 4).
 
     ``x_t = (sigma_t / sigma_s) x_s - alpha_t (e^-h - 1) x0`` with ``h = lambda_t - lambda_s``.
     """
-    alpha_t, sig_t = alpha_sigma(sigma_t)
-    _, sig_s = alpha_sigma(sigma_s)
-    h = half_log_snr(sigma_t) - half_log_snr(sigma_s)
+    alpha_t, sig_t = alpha_sigma_fn(sigma_t)
+    _, sig_s = alpha_sigma_fn(sigma_s)
+    h = half_log_snr(sigma_t, alpha_sigma_fn) - half_log_snr(sigma_s, alpha_sigma_fn)
     return (sig_t / sig_s) * x - (alpha_t * (jnp.exp(-h) - 1.0)) * m0
 
 
@@ -264,15 +278,17 @@ def second_order_update(
     sigma_s1: jax.Array,
     sigma_t: jax.Array,
     solver_type: str,
+    alpha_sigma_fn: AlphaSigmaFn = alpha_sigma,
 ) -> jax.Array:
     """Multistep DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2).
 
     ``D1 = (m0 - m1) / r0`` with ``r0 = h_prev / h``; "midpoint" adds ``-0.5 alpha_t (e^-h - 1) D1``,
     "heun" adds ``alpha_t ((e^-h - 1) / h + 1) D1``.
     """
-    alpha_t, sig_t = alpha_sigma(sigma_t)
-    _, sig_s0 = alpha_sigma(sigma_s0)
-    lambda_t, lambda_s0, lambda_s1 = half_log_snr(sigma_t), half_log_snr(sigma_s0), half_log_snr(sigma_s1)
+    alpha_t, sig_t = alpha_sigma_fn(sigma_t)
+    _, sig_s0 = alpha_sigma_fn(sigma_s0)
+    lambda_t, lambda_s0 = half_log_snr(sigma_t, alpha_sigma_fn), half_log_snr(sigma_s0, alpha_sigma_fn)
+    lambda_s1 = half_log_snr(sigma_s1, alpha_sigma_fn)
     h, h_0 = lambda_t - lambda_s0, lambda_s0 - lambda_s1
     r0 = h_0 / h
     d0, d1 = m0, (1.0 / r0) * (m0 - m1)
@@ -298,12 +314,13 @@ def third_order_update(
     sigma_s1: jax.Array,
     sigma_s2: jax.Array,
     sigma_t: jax.Array,
+    alpha_sigma_fn: AlphaSigmaFn = alpha_sigma,
 ) -> jax.Array:
     """Third-order multistep update in data-prediction form (Lu et al. 2022a/b; diffusers' "3M")."""
-    alpha_t, sig_t = alpha_sigma(sigma_t)
-    _, sig_s0 = alpha_sigma(sigma_s0)
-    lambda_t, lambda_s0 = half_log_snr(sigma_t), half_log_snr(sigma_s0)
-    lambda_s1, lambda_s2 = half_log_snr(sigma_s1), half_log_snr(sigma_s2)
+    alpha_t, sig_t = alpha_sigma_fn(sigma_t)
+    _, sig_s0 = alpha_sigma_fn(sigma_s0)
+    lambda_t, lambda_s0 = half_log_snr(sigma_t, alpha_sigma_fn), half_log_snr(sigma_s0, alpha_sigma_fn)
+    lambda_s1, lambda_s2 = half_log_snr(sigma_s1, alpha_sigma_fn), half_log_snr(sigma_s2, alpha_sigma_fn)
     h, h_0, h_1 = lambda_t - lambda_s0, lambda_s0 - lambda_s1, lambda_s1 - lambda_s2
     r0, r1 = h_0 / h, h_1 / h
     d1_0, d1_1 = (1.0 / r0) * (m0 - m1), (1.0 / r1) * (m1 - m2)
@@ -324,6 +341,7 @@ def sde_update(
     noise: jax.Array,
     order: int,
     solver_type: str,
+    alpha_sigma_fn: AlphaSigmaFn = alpha_sigma,
 ) -> jax.Array:
     """One multistep DPM-Solver++ SDE step of order 1, 2 or 3 (Lu et al. 2022b, Sec. 5; diffusers'
     "sde-dpmsolver++"): the ODE step's exponential integrator with ``e^-h`` replaced by ``e^-2h`` in the
@@ -337,21 +355,21 @@ def sde_update(
     """
     m0, m1, m2 = ms
     sigma_t, sigma_s0, sigma_s1, sigma_s2 = sigmas
-    alpha_t, sig_t = alpha_sigma(sigma_t)
-    _, sig_s0 = alpha_sigma(sigma_s0)
-    lambda_t, lambda_s0 = half_log_snr(sigma_t), half_log_snr(sigma_s0)
+    alpha_t, sig_t = alpha_sigma_fn(sigma_t)
+    _, sig_s0 = alpha_sigma_fn(sigma_s0)
+    lambda_t, lambda_s0 = half_log_snr(sigma_t, alpha_sigma_fn), half_log_snr(sigma_s0, alpha_sigma_fn)
     h = lambda_t - lambda_s0
     decay = 1.0 - jnp.exp(-2.0 * h)
     x_t = (sig_t / sig_s0 * jnp.exp(-h)) * x + (alpha_t * decay) * m0
     if order == 2:
-        r0 = (lambda_s0 - half_log_snr(sigma_s1)) / h
+        r0 = (lambda_s0 - half_log_snr(sigma_s1, alpha_sigma_fn)) / h
         d1 = (1.0 / r0) * (m0 - m1)
         if solver_type == "midpoint":
             x_t = x_t + 0.5 * (alpha_t * decay) * d1
         else:
             x_t = x_t + (alpha_t * (decay / (-2.0 * h) + 1.0)) * d1
     elif order == 3:
-        lambda_s1, lambda_s2 = half_log_snr(sigma_s1), half_log_snr(sigma_s2)
+        lambda_s1, lambda_s2 = half_log_snr(sigma_s1, alpha_sigma_fn), half_log_snr(sigma_s2, alpha_sigma_fn)
         r0, r1 = (lambda_s0 - lambda_s1) / h, (lambda_s1 - lambda_s2) / h
         d1_0, d1_1 = (1.0 / r0) * (m0 - m1), (1.0 / r1) * (m1 - m2)
         d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
@@ -383,24 +401,45 @@ def update(
 ) -> tuple[jax.Array, jax.Array, tuple]:
     """Step ``i``: ``(x_prev, x0_pred, (m0, m1))``, with the solver order diffusers uses at step ``i``;
     ``noise`` (standard normal, ``x``'s shape) only for the SDE variant."""
+    m0 = data_prediction(model_output, x, sampler.tables["sigmas"][i], sampler.options)
+    return multistep_update(sampler, i, x, m0, state, noise)
+
+
+def multistep_update(
+    sampler: Sampler,
+    i: jax.Array,
+    x: jax.Array,
+    m0: jax.Array,
+    state: tuple,
+    noise: jax.Array | None,
+    alpha_sigma_fn: AlphaSigmaFn = alpha_sigma,
+) -> tuple[jax.Array, jax.Array, tuple]:
+    """Step ``i`` given its data prediction ``m0``: ``(x_prev, m0, (m0, m1))``.
+
+    Reads ``sampler.tables["sigmas"]`` ``[N + 1]`` and ``["order"]`` ``[N]`` and the options'
+    ``solver_order``, ``solver_type`` and ``sde``; shared with ``edm_dpm_solver``.
+    """
     sigmas, options = sampler.tables["sigmas"], sampler.options
     m1, m2 = state
     # At i < 2 the history entries are unused (the order is then lower); clamp to stay in bounds.
     sigma_t, sigma_s0 = sigmas[i + 1], sigmas[i]
     sigma_s1, sigma_s2 = sigmas[jnp.maximum(i - 1, 0)], sigmas[jnp.maximum(i - 2, 0)]
-    m0 = data_prediction(model_output, x, sigma_s0, options)
     if options.sde:
         ms, step_sigmas = (m0, m1, m2), (sigma_t, sigma_s0, sigma_s1, sigma_s2)
         branches = [
-            functools.partial(sde_update, x, ms, step_sigmas, noise, order, options.solver_type)
+            functools.partial(
+                sde_update, x, ms, step_sigmas, noise, order, options.solver_type, alpha_sigma_fn
+            )
             for order in range(1, options.solver_order + 1)
         ]
         x_prev = jax.lax.switch(sampler.tables["order"][i] - 1, branches)
         return x_prev, m0, (m0, m1)
     branches = [
-        lambda: first_order_update(x, m0, sigma_s0, sigma_t),
-        lambda: second_order_update(x, m0, m1, sigma_s0, sigma_s1, sigma_t, options.solver_type),
-        lambda: third_order_update(x, m0, m1, m2, sigma_s0, sigma_s1, sigma_s2, sigma_t),
+        lambda: first_order_update(x, m0, sigma_s0, sigma_t, alpha_sigma_fn),
+        lambda: second_order_update(
+            x, m0, m1, sigma_s0, sigma_s1, sigma_t, options.solver_type, alpha_sigma_fn
+        ),
+        lambda: third_order_update(x, m0, m1, m2, sigma_s0, sigma_s1, sigma_s2, sigma_t, alpha_sigma_fn),
     ][: options.solver_order]
     x_prev = jax.lax.switch(sampler.tables["order"][i] - 1, branches)
     return x_prev, m0, (m0, m1)

@@ -65,6 +65,7 @@ ENTRIES = (
         aliases=("edm_stochastic", "edm_heun"),
         train_keys=("sigma_min", "sigma_max", "sigma_data", "rho", "s_churn", "s_tmin", "s_tmax", "s_noise"),
         stochastic=True,
+        discrete_schedule=False,
     ),
 )
 

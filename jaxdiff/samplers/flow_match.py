@@ -62,7 +62,10 @@ IMPLEMENTED = frozenset(
 # Its short names (samplers/catalog.py registers them).
 ENTRIES = (
     SamplerEntry(
-        name="flow_euler", class_name=CLASS_NAME, aliases=("flow-euler", "flow_match_euler", "rectified_flow")
+        name="flow_euler",
+        class_name=CLASS_NAME,
+        aliases=("flow-euler", "flow_match_euler", "rectified_flow"),
+        discrete_schedule=False,
     ),
 )
 

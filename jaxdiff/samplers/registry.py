@@ -35,6 +35,8 @@ class SamplerEntry:
       stochastic: whether the sampler draws fresh noise at each step (informational).
       config_keys: the scheduler class's config keys (and call options); training keys outside it are
         not copied (an EDM scheduler has no ``beta_schedule``). Empty: no restriction.
+      discrete_schedule: whether it samples a model trained on the DDPM discrete beta schedule (False for
+        the flow-matching and EDM samplers, whose models are trained on other noise paths).
     """
 
     name: str
@@ -44,6 +46,7 @@ class SamplerEntry:
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     stochastic: bool = False
     config_keys: frozenset[str] = frozenset()
+    discrete_schedule: bool = True
 
     def __post_init__(self) -> None:
         # Read-only, so that a resolved entry cannot be changed by its user.

@@ -39,8 +39,9 @@ def sample(
     Args:
       sampler: from ``from_diffusers_config``.
       model_fn: ``model_fn(x, t) -> model output`` with ``x`` ``[B, H, W, C]`` (already scaled by
-        ``scale_model_input``) and ``t`` ``[B]`` (int32, or float32 for Euler), the values diffusers
-        passes to the UNet. Its output is read as epsilon, sample or v per the sampler's prediction_type.
+        ``scale_model_input``) and ``t`` ``[B]`` (``sampler.timesteps``' dtype), the values diffusers
+        passes to the UNet. Its output is read as epsilon, sample or v per the sampler's prediction_type
+        (for EDM: the network output ``F`` its preconditioning turns into the denoised sample).
       x_T: standard normal noise ``[B, H, W, C]`` (any ``[B, ...]`` shape works).
       key: PRNG key for the per-step noise of stochastic samplers (``step_noise(key, i, shape)`` at
         step ``i``); may be None for deterministic ones.

@@ -14,11 +14,6 @@ from jaxdiff.errors import UserError
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
-def check_prediction_type(prediction_type: str, allowed: tuple[str, ...] = PREDICTION_TYPES) -> None:
-    if prediction_type not in allowed:
-        raise UserError(f"prediction_type={prediction_type!r} is not one of {', '.join(allowed)}")
-
-
 @dataclasses.dataclass(frozen=True)
 class X0Clipping:
     """How the predicted ``x_0`` is bounded before it is used (static; hashable).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from typing import Any
 
 import jax
@@ -19,15 +20,19 @@ import numpy as np
 from tensorboardX import SummaryWriter
 
 from jaxdiff.errors import UserError
+from jaxdiff.workdir import makedirs_in_workdir, open_in_workdir, write_text_atomic
 
-__all__ = ["MetricsWindow", "MetricsWriter", "truncate_metrics"]
+__all__ = ["METRICS_FILE", "MetricsWindow", "MetricsWriter", "truncate_metrics"]
+
+METRICS_FILE = "metrics.jsonl"
 
 
-def truncate_metrics(path: str, last_step: int) -> None:
-    """Drop metric lines past ``last_step`` (written after the checkpoint a resumed run starts from)."""
-    if not os.path.exists(path):
+def truncate_metrics(workdir: str, last_step: int) -> None:
+    """Drop ``metrics.jsonl`` lines past ``last_step`` (written after the checkpoint a resumed run starts
+    from). Read and written as the workdir's own file, never through a symlink."""
+    if not os.path.lexists(os.path.join(workdir, METRICS_FILE)):
         return
-    with open(path, encoding="utf-8") as f:
+    with open_in_workdir(workdir, METRICS_FILE, "r") as f:
         lines = f.readlines()
     kept = []
     for line in lines:
@@ -37,9 +42,7 @@ def truncate_metrics(path: str, last_step: int) -> None:
         except ValueError:
             continue
     if len(kept) != len(lines):
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.writelines(kept)
-        os.replace(path + ".tmp", path)
+        write_text_atomic(workdir, METRICS_FILE, "".join(kept))
 
 
 def _start_wandb(project: str, workdir: str, config: dict[str, Any], start_step: int) -> Any:
@@ -52,9 +55,7 @@ def _start_wandb(project: str, workdir: str, config: dict[str, Any], start_step:
         ) from None
     id_path = os.path.join(workdir, "wandb_run_id")
     run_id = (
-        open(id_path, encoding="utf-8").read().strip()
-        if os.path.exists(id_path)
-        else wandb.util.generate_id()
+        open(id_path, encoding="utf-8").read().strip() if os.path.exists(id_path) else uuid.uuid4().hex[:8]
     )
     with open(id_path, "w", encoding="utf-8") as f:
         f.write(run_id)
@@ -76,10 +77,9 @@ class MetricsWriter:
         self.wandb = None
         if not self.enabled:
             return
-        path = os.path.join(workdir, "metrics.jsonl")
-        truncate_metrics(path, start_step)
-        self.jsonl = open(path, "a", encoding="utf-8")
-        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
+        truncate_metrics(workdir, start_step)
+        self.jsonl = open_in_workdir(workdir, METRICS_FILE, "a")
+        self.tb = SummaryWriter(makedirs_in_workdir(workdir, "tensorboard"), purge_step=start_step + 1)
         if wandb_project:
             self.wandb = _start_wandb(wandb_project, workdir, config or {}, start_step)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from jaxdiff import grids
 from jaxdiff.evaluation.scoring import score_images
-from jaxdiff.inference import generate, make_sample_fn
+from jaxdiff.inference import generate, sample_fn_for_run
 from jaxdiff.run_config import RunConfig
 from jaxdiff.training.components import Components
 
@@ -31,16 +31,12 @@ def make_evaluator(run: RunConfig, c: Components) -> Evaluator | None:
     tc, s = run.train, run.sample
     if not tc.eval_every:
         return None
-    sampling = run.objective.make_sampling(run.diffusion.to_dict(), s.sampler, s.num_inference_steps, s.eta)
-    fn = make_sample_fn(
+    fn = sample_fn_for_run(
+        run,
         c.apply_fn,
-        sampling,
-        image_shape=run.image_shape,
         mesh=c.mesh,
         param_sharding=c.state_sharding.ema_params,
         batch_size=min(s.batch_size, tc.eval_num_samples),
-        num_classes=run.num_classes,
-        microbatch_size=s.microbatch_size,
     )
 
     def evaluate(step: int, params: Any) -> dict[str, float]:

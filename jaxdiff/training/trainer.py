@@ -38,15 +38,16 @@ import jax
 from tqdm import tqdm
 
 from jaxdiff import grids, sharding
-from jaxdiff.checkpointing import Checkpointer, canonical_json, same_model_check
+from jaxdiff.checkpointing import Checkpointer, canonical_json, same_model_check, storage_failure
 from jaxdiff.data import make_train_iterator
 from jaxdiff.errors import UserError
-from jaxdiff.inference import checkpoint_dir, export_diffusers, generate, make_sample_fn
+from jaxdiff.inference import checkpoint_dir, export_diffusers, generate, sample_fn_for_run
 from jaxdiff.run_config import RunConfig, config_to_json, parse_run_config
 from jaxdiff.training.components import Components, build_components, build_train_step
 from jaxdiff.training.metrics import MetricsWindow, MetricsWriter
 from jaxdiff.training.periodic_eval import BEST_METRIC, make_evaluator
 from jaxdiff.training.preemption import StopRequest
+from jaxdiff.workdir import WorkdirLock, write_bytes_atomic, write_text_atomic
 
 __all__ = ["NonFiniteLossError", "TrainResult", "train_and_evaluate"]
 
@@ -87,35 +88,29 @@ def _say(message: str) -> None:
 # -- the parts of a run --------------------------------------------------------------------------------------
 
 
-def _write_config(workdir: str, config: Any) -> None:
-    if _primary():
-        os.makedirs(workdir, exist_ok=True)
-        tmp = os.path.join(workdir, "config.json.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(config_to_json(config))
-        os.replace(tmp, os.path.join(workdir, "config.json"))
+def _grid_path(workdir: str, step: int) -> str:
+    return os.path.join(workdir, "samples", f"step_{step:07d}.png")
 
 
 def _grid_writer(run: RunConfig, c: Components, workdir: str) -> Callable[[int, Any], str]:
     """``write(step, ema_params) -> path``: the run's fixed-seed sample grid, ``samples/step_XXXXXXX.png``."""
     s = run.sample
-    sampling = run.objective.make_sampling(run.diffusion.to_dict(), s.sampler, s.num_inference_steps, s.eta)
-    fn = make_sample_fn(
+    fn = sample_fn_for_run(
+        run,
         c.apply_fn,
-        sampling,
-        image_shape=run.image_shape,
         mesh=c.mesh,
         param_sharding=c.state_sharding.ema_params,
         batch_size=min(s.batch_size, s.num_samples),
-        num_classes=run.num_classes,
-        microbatch_size=s.microbatch_size,
     )
 
     def write(step: int, params: Any) -> str:
         images = generate(fn, params, seed=s.seed, num_samples=s.num_samples)
-        path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+        path = _grid_path(workdir, step)
         if _primary():
-            grids.save_grid(path, images)
+            with _storage_errors(path):
+                write_bytes_atomic(
+                    workdir, os.path.relpath(path, workdir), grids.png_bytes(grids.make_grid(images))
+                )
         return path
 
     return write
@@ -182,27 +177,43 @@ def train_and_evaluate(
         for splitting a run into chunks. None trains to ``config.train.num_steps``.
 
     Returns:
-      A :class:`TrainResult`.
+      A :class:`TrainResult` (``state`` None when a signal stopped the run before it started).
 
     Raises:
-      UserError: an invalid config, a workdir of another model, or (``NonFiniteLossError``) a NaN loss.
+      UserError: an invalid config, a workdir of another model or held by another run, storage that
+        cannot be written, or (``NonFiniteLossError``) a NaN loss.
     """
     run = parse_run_config(config, log=_say)
     workdir = os.path.abspath(os.fspath(workdir))
+    with StopRequest() as stop:
+        # Everything that can refuse bad input comes before the first write into the workdir; the data
+        # source first, so a bad one is reported before the model is built.
+        data_iter = make_train_iterator(
+            run.data,
+            global_batch_size=run.train.batch_size,
+            seed=run.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        c = build_components(run)
+        if stop.signal_name:
+            return _stopped_before_start(stop, workdir)
+        with WorkdirLock(workdir, log=_say):
+            return _train(run, c, data_iter, workdir, stop, stop_at_step)
+
+
+def _stopped_before_start(stop: StopRequest, workdir: str) -> TrainResult:
+    _say(f"stopped by {stop.signal_name} before the first step: nothing written; run the same command again")
+    return TrainResult(state=None, step=0, start_step=0, stopped_early=True, workdir=workdir)
+
+
+def _train(
+    run: RunConfig, c: Components, data_iter: Any, workdir: str, stop: StopRequest, stop_at_step: int | None
+) -> TrainResult:
+    """The run once its workdir is held: restore, loop, finish (see the module docstring)."""
     tc = run.train
     num_steps = tc.num_steps
     end_step = num_steps if stop_at_step is None else min(num_steps, int(stop_at_step))
-
-    # Everything that can refuse bad input comes before the first write into the workdir; the data source
-    # first, so a bad one is reported before the model is built.
-    data_iter = make_train_iterator(
-        run.data,
-        global_batch_size=tc.batch_size,
-        seed=run.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    c = build_components(run)
     train_step = build_train_step(c)
     write_grid = _grid_writer(run, c, workdir)
     evaluate = make_evaluator(run, c)
@@ -219,26 +230,32 @@ def train_and_evaluate(
             data_iterator=data_iter,
             check_meta=same_model_check(workdir, c.fingerprint, c.model_config),
         )
+        if stop.signal_name:
+            return _stopped_before_start(stop, workdir)
+        if restored is not None:
+            state, start_step = restored.state, restored.step
+            _say(f"resuming from the checkpoint at step {start_step} in {ckpt.directory}")
+        else:
+            state, start_step = c.init_state(), 0
+        config_json = config_to_json(run.source)
+        with _storage_errors(os.path.join(workdir, "config.json")):
+            if _primary():
+                write_text_atomic(workdir, "config.json", config_json)
+        meta = {
+            "fingerprint": c.fingerprint,
+            "model": json.loads(canonical_json(c.model_config)),
+            "config": json.loads(config_json),
+        }
+        with _storage_errors(os.path.join(workdir, "metrics.jsonl")):
+            writer = MetricsWriter(workdir, start_step, wandb_project=tc.wandb_project, config=meta["config"])
     except BaseException:
         ckpt.close()
         raise
-    if restored is not None:
-        state, start_step = restored.state, restored.step
-        _say(f"resuming from the checkpoint at step {start_step} in {ckpt.directory}")
-    else:
-        state, start_step = c.init_state(), 0
-    _write_config(workdir, run.source)
-    meta = {
-        "fingerprint": c.fingerprint,
-        "model": json.loads(canonical_json(c.model_config)),
-        "config": json.loads(config_to_json(run.source)),
-    }
 
-    writer = MetricsWriter(workdir, start_step, wandb_project=tc.wandb_project, config=meta["config"])
     window = MetricsWindow()
     step, stopped_early = start_step, False
     try:
-        with StopRequest() as stop, _progress(start_step, num_steps) as bar:
+        with _progress(start_step, num_steps) as bar:
             metrics = _StepMetrics(window, bar)
             metrics.last_saved = start_step if restored is not None else None
             while step < end_step:
@@ -263,11 +280,13 @@ def train_and_evaluate(
                 metrics.flush()
                 scalars = window.summary(tc.batch_size) if want_log else None
                 if scalars is not None:
-                    writer.write(step, scalars)
+                    with _storage_errors(os.path.join(workdir, "metrics.jsonl")):
+                        writer.write(step, scalars)
                     bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['img_per_s']:.0f}")
                 scores = evaluate(step, state.ema_params) if want_eval else None
                 if scores is not None:
-                    writer.write(step, scores, section="eval")
+                    with _storage_errors(os.path.join(workdir, "metrics.jsonl")):
+                        writer.write(step, scores, section="eval")
                     _say(f"step {step}: {_describe_scores(scores)}")
                 if want_ckpt or want_stop or want_eval:
                     ckpt.save(step, state, data_iterator=data_iter, meta=meta, metrics=scores)
@@ -286,13 +305,25 @@ def train_and_evaluate(
                 window.restart_clock()  # grids and checkpoints do not count against images/s
 
         if not stopped_early:
-            _finish(run, state, start_step, workdir, ckpt)
+            _finish(run, state, start_step, workdir, ckpt, write_grid)
     finally:
         writer.close()
         ckpt.close()
     return TrainResult(
         state=state, step=step, start_step=start_step, stopped_early=stopped_early, workdir=workdir
     )
+
+
+@contextlib.contextmanager
+def _storage_errors(path: str) -> Iterator[None]:
+    """A full, read-only or forbidden disk while writing ``path``: one ``UserError`` line, not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        cause = storage_failure(e)
+        if cause is None:
+            raise
+        raise UserError(f"cannot write {path}: {cause}") from e
 
 
 def _describe_scores(scores: dict[str, float]) -> str:
@@ -306,16 +337,28 @@ def _describe_scores(scores: dict[str, float]) -> str:
     return f"FID {scores['fid']:.3f}{kid} (lower is better)"
 
 
-def _finish(run: RunConfig, state: Any, start_step: int, workdir: str, ckpt: Checkpointer) -> None:
-    """The end of a run: the diffusers export of the EMA weights (again only if it is missing)."""
+def _finish(
+    run: RunConfig,
+    state: Any,
+    start_step: int,
+    workdir: str,
+    ckpt: Checkpointer,
+    write_grid: Callable[[int, Any], str],
+) -> None:
+    """The end of a run: the final grid and the diffusers export of the EMA weights. Resumable like the
+    rest: a re-run of a finished workdir writes whichever of the two a stopped run had not written."""
     num_steps = run.train.num_steps
     if start_step >= num_steps:
         _say(
             f"already trained to train.num_steps={num_steps} (checkpoint at step {start_step}); "
             "raise --config.train.num_steps to train further"
         )
+        if not os.path.exists(_grid_path(workdir, start_step)):
+            write_grid(start_step, state.ema_params)
+            _say(f"wrote the final sample grid {_grid_path(workdir, start_step)}")
     export_dir = os.path.join(workdir, "diffusers")
     if start_step < num_steps or not os.path.exists(os.path.join(export_dir, "model_index.json")):
         ckpt.wait()
-        if export_diffusers(run.model, run.diffusion.to_dict(), state.ema_params, export_dir):
-            _say(f"exported the EMA model as a diffusers pipeline to {export_dir}")
+        with _storage_errors(export_dir):
+            if export_diffusers(run.model, run.diffusion.to_dict(), state.ema_params, export_dir):
+                _say(f"exported the EMA model as a diffusers pipeline to {export_dir}")
