@@ -135,8 +135,17 @@ def _parse_section(cls: type, section: Mapping[str, Any], name: str) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionOptions:
-    """The ``diffusion`` section: the objective and the ``DDPMScheduler`` config it trains for (diffusers'
-    names and meanings); ``loss_weighting`` (``none`` | ``min_snr``) and ``snr_gamma`` for ``ddpm``."""
+    """The ``diffusion`` section: the objective (``jaxdiff.objectives``) and the scheduler config it trains
+    for (diffusers' names and meanings). Each objective reads its own keys:
+
+    - ``ddpm``: the ``DDPMScheduler`` keys, ``prediction_type``, ``loss_weighting`` (``none`` |
+      ``min_snr``) and ``snr_gamma``;
+    - ``edm``: ``sigma_min``, ``sigma_max``, ``sigma_data``, ``rho`` (``EDMEulerScheduler``'s), ``p_mean``,
+      ``p_std`` (the log-normal training noise levels), ``prediction_type`` (``epsilon``: EDM's ``F``),
+      and ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise`` for EDM's stochastic sampler;
+    - ``flow``: ``num_train_timesteps`` and ``shift`` (``FlowMatchEulerDiscreteScheduler``'s),
+      ``time_sampling`` (``uniform`` | ``logit_normal``), ``logit_mean``, ``logit_std``.
+    """
 
     objective: str = _field("ddpm", "str")
     num_train_timesteps: int = _positive(1000)
@@ -156,6 +165,20 @@ class DiffusionOptions:
     steps_offset: int = _non_negative(0)
     loss_weighting: str = _field("none", "str")
     snr_gamma: float = _field(5.0, "float")
+    sigma_min: float = _field(0.002, "float")
+    sigma_max: float = _field(80.0, "float")
+    sigma_data: float = _field(0.5, "float")
+    rho: float = _field(7.0, "float")
+    p_mean: float = _field(-1.2, "float")
+    p_std: float = _field(1.2, "float")
+    s_churn: float = _field(0.0, "float")
+    s_tmin: float = _field(0.0, "float")
+    s_tmax: float = _field(float("inf"), "float")
+    s_noise: float = _field(1.0, "float")
+    time_sampling: str = _field("logit_normal", "str")
+    logit_mean: float = _field(0.0, "float")
+    logit_std: float = _field(1.0, "float")
+    shift: float = _field(1.0, "float")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -348,8 +371,7 @@ def validate_sampling(
     """A known sampler name (or alias) for ``objective`` and ``1 <= steps <= num_train_timesteps``
     (``--sampler`` / ``--steps``, or the ``sample`` section with ``key_prefix="sample."``). Returns the
     sampler's canonical name (the name itself where the objective takes no scheduler)."""
-    if objectives.get_objective(objective).uses_schedulers:
-        sampler = check_sampler_name(sampler, f"{key_prefix}sampler")
+    sampler = objectives.get_objective(objective).resolve_sampler(sampler, key=f"{key_prefix}sampler")
     _check(
         _is_int(steps) and 1 <= steps <= num_train_timesteps,
         f"{key_prefix}{'num_inference_steps' if key_prefix.endswith('.') else 'steps'}",
@@ -421,11 +443,11 @@ def parse_run_config(config: Any, *, log: Callable[[str], None] | None = None) -
     )
     sample = dataclasses.replace(sample, sampler=canonical)
     if objective.uses_schedulers:
-        # The grids' scheduler and the exported DDPMScheduler accept these options (spacing, variance...).
-        for name in dict.fromkeys((sample.sampler, "ddpm")):
-            samplers.from_diffusers_config(
-                samplers.scheduler_config_for(name, diffusion_dict), sample.num_inference_steps
-            )
+        # The grids' sampler and the exported scheduler accept these options (spacing, variance...).
+        objective.make_sampling(diffusion_dict, sample.sampler, sample.num_inference_steps, sample.eta)
+        export = objective.export_scheduler(diffusion_dict) if objective.export_scheduler else None
+        if export is not None and export["_class_name"] in samplers.SCHEDULER_CLASSES:
+            samplers.from_diffusers_config(export, sample.num_inference_steps)
     _check(
         train.eval_metric != "inception" or not train.eval_every or bool(train.eval_ref_stats),
         "train.eval_ref_stats",

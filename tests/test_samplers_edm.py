@@ -306,7 +306,7 @@ def test_short_names_and_registry_entries():
     assert {"edm_euler", "edm_dpm++", "edm_dpm++sde"} <= set(sampler_names())
     # Only the flow-matching and EDM samplers sample models trained on another noise path than DDPM's.
     not_discrete = {name for name in sampler_names() if not resolve_sampler(name).discrete_schedule}
-    assert not_discrete == {"flow_euler", "edm_euler", "edm_dpm++", "edm_dpm++sde"}
+    assert not_discrete == {"flow_euler", "edm_euler", "edm_dpm++", "edm_dpm++sde", "edm"}
     assert scheduler_config_for("edm_euler", s_churn=2.0)["s_churn"] == 2.0
 
 

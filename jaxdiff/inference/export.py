@@ -1,4 +1,4 @@
-"""The diffusers export: a trained model's weights and schedule as a diffusers pipeline folder."""
+"""The diffusers export: a trained model's weights and its scheduler as a diffusers pipeline folder."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 
 import jax
 
-from jaxdiff import samplers
 from jaxdiff.errors import UserError
 from jaxdiff.interop import save_pipeline
 from jaxdiff.objectives import get_objective
@@ -19,15 +18,21 @@ __all__ = ["export_diffusers", "export_scheduler_config"]
 
 
 def export_scheduler_config(diffusion: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``DDPMScheduler`` config saved with an exported pipeline (the training schedule's keys)."""
-    return samplers.scheduler_config_for("ddpm", diffusion)
+    """The scheduler config saved with an exported pipeline: the objective's (``DDPMScheduler`` with the
+    training schedule for ``ddpm``, ``EDMEulerScheduler`` for ``edm``, ``FlowMatchEulerDiscreteScheduler``
+    with its ``shift`` for ``flow``); ``UserError`` for an objective diffusers cannot sample."""
+    objective = get_objective(diffusion.get("objective", "ddpm"))
+    if objective.export_scheduler is None:
+        raise UserError(f"diffusion.objective={objective.name!r} has no diffusers scheduler to export")
+    return objective.export_scheduler(diffusion)
 
 
 def export_diffusers(
     model_config: Mapping[str, Any], diffusion: Mapping[str, Any], params: Any, directory: str | os.PathLike
 ) -> str | None:
-    """Write ``params`` (the EMA weights) and the training schedule as a diffusers pipeline folder
-    (``DDPMPipeline.from_pretrained`` loads it).
+    """Write ``params`` (the EMA weights) and the objective's scheduler as a diffusers pipeline folder
+    (``DiffusionPipeline.from_pretrained`` loads it: a ``DDPMPipeline``, or for EDM a
+    ``ConsistencyModelPipeline``, whose loop scales the model input as the EDM scheduler asks).
 
     ``model_config``: the normalized model config; ``diffusion``: the ``diffusion`` section (a mapping).
     Written to a temporary folder and renamed, so ``directory`` is always a complete pipeline. Returns the
@@ -48,7 +53,13 @@ def export_diffusers(
                 f"{path} is a symbolic link: the export writes a real folder there; remove the link"
             )
     shutil.rmtree(tmp, ignore_errors=True)
-    save_pipeline(tmp, host, dict(model_config), export_scheduler_config(diffusion))
+    save_pipeline(
+        tmp,
+        host,
+        dict(model_config),
+        export_scheduler_config(diffusion),
+        pipeline_class=objective.pipeline_class,
+    )
     if os.path.exists(directory):
         shutil.rmtree(directory)
     os.replace(tmp, directory)

@@ -26,7 +26,7 @@ from jaxdiff.checkpointing import restore_subtree, same_model_check
 from jaxdiff.errors import UserError
 from jaxdiff.inference.generate import SampleFn, make_sample_fn
 from jaxdiff.interop import load_pipeline, load_unet
-from jaxdiff.objectives import Objective, get_objective
+from jaxdiff.objectives import Objective, get_objective, objective_for_scheduler
 from jaxdiff.run_config import load_config_json, parse_run_config
 
 __all__ = ["LoadedModel", "checkpoint_dir", "load_pretrained", "load_workdir"]
@@ -162,11 +162,14 @@ def load_pretrained(path: str | os.PathLike, *, image_size: int | None = None) -
         raise UserError(f"--pretrained {root!r} is not a folder")
     if os.path.exists(os.path.join(root, "model_index.json")):
         apply_fn, params, unet_config, sched = load_pipeline(root)
+        objective = objective_for_scheduler(sched.get("_class_name"))
         sched = {k: v for k, v in sched.items() if not k.startswith("_")}
     elif os.path.exists(os.path.join(root, "unet", "config.json")):
+        objective = get_objective("ddpm")
         apply_fn, params, unet_config = load_unet(os.path.join(root, "unet"))
         sched = {}
     elif os.path.exists(os.path.join(root, "config.json")):
+        objective = get_objective("ddpm")
         apply_fn, params, unet_config = load_unet(root)
         sched = {}
     else:
@@ -189,8 +192,9 @@ def load_pretrained(path: str | os.PathLike, *, image_size: int | None = None) -
         mesh=mesh,
         param_sharding=param_sharding,
         image_shape=(height, width, int(unet_config["in_channels"])),
-        objective=get_objective("ddpm"),
+        objective=objective,
         diffusion=sched,
         num_train_timesteps=int(sched.get("num_train_timesteps", 1000)),
         num_classes=int(embeds) if embeds else None,
+        default_sampler="ddim" if objective.name == "ddpm" else objective.sampler_names()[0],
     )

@@ -405,16 +405,23 @@ def _scheduler_json(scheduler_config: Mapping[str, Any] | Any) -> dict[str, Any]
 
 
 def save_pipeline(
-    path: Path, params: Params, config: Mapping[str, Any], scheduler_config: Mapping[str, Any] | Any
+    path: Path,
+    params: Params,
+    config: Mapping[str, Any],
+    scheduler_config: Mapping[str, Any] | Any,
+    pipeline_class: str | None = None,
 ) -> None:
     """Write a diffusers pipeline folder: ``model_index.json``, ``unet/`` and ``scheduler/``.
 
-    The pipeline is ``DDIMPipeline`` when the scheduler's ``_class_name`` is ``"DDIMScheduler"`` and
-    ``DDPMPipeline`` otherwise (``_class_name`` defaults to ``"DDPMScheduler"``), so
-    ``DDPMPipeline.from_pretrained(path)`` / ``DDIMPipeline.from_pretrained(path)`` load it.
+    The pipeline is ``pipeline_class`` if given, else ``DDIMPipeline`` when the scheduler's ``_class_name``
+    is ``"DDIMScheduler"`` and ``DDPMPipeline`` otherwise (``_class_name`` defaults to
+    ``"DDPMScheduler"``), so ``DDPMPipeline.from_pretrained(path)`` / ``DDIMPipeline.from_pretrained(path)``
+    load it.
     """
     sched = _scheduler_json(scheduler_config)
-    pipeline = "DDIMPipeline" if sched["_class_name"] == "DDIMScheduler" else "DDPMPipeline"
+    pipeline = pipeline_class or (
+        "DDIMPipeline" if sched["_class_name"] == "DDIMScheduler" else "DDPMPipeline"
+    )
     root = os.fspath(path)
     save_unet(makedirs_in_workdir(root, "unet"), params, config)  # (a symlinked unet/ is refused)
     write_text_atomic(root, f"scheduler/{SCHEDULER_CONFIG_NAME}", _json_text(sched))

@@ -18,6 +18,7 @@ from jaxdiff.samplers import (
     dpm_solver,
     edm_dpm_solver,
     edm_euler,
+    edm_stochastic,
     euler,
     euler_ancestral,
     flow_match,
@@ -38,6 +39,7 @@ MODULES: tuple[types.ModuleType, ...] = (
     flow_match,
     edm_euler,
     edm_dpm_solver,
+    edm_stochastic,
 )
 BY_CLASS_NAME: dict[str, types.ModuleType] = {module.CLASS_NAME: module for module in MODULES}
 BY_KIND: dict[str, types.ModuleType] = {module.KIND: module for module in MODULES}
