@@ -104,6 +104,7 @@ def test_export_loads_in_diffusers_and_matches_jaxdiff(trained):
     torch = pytest.importorskip("torch")
     import jax.numpy as jnp
     from diffusers import DDPMPipeline
+
     from jaxdiff.inference import load_workdir
 
     workdir, _ = trained
