@@ -4,7 +4,8 @@ Modules (one idea each; docs/architecture.md draws how they depend on each other
   schedules      noise schedules and the forward (noising) process
   losses         training targets and loss weighting
   corruption     the course's "from scratch" corruption process, loss and sampler
-  objectives     the registry of training objectives (loss + how to sample the model)
+  objectives     the registry of training objectives (ddpm, edm, flow, from_scratch)
+  denoisers      parametrisations: the network as a denoiser (c_skip, c_out, c_in, c_noise), targets
   samplers       diffusers schedulers as pure functions, one registry of names, one lax.scan loop
   models         Flax NNX UNet2D (diffusers UNet2DModel config) and the course's BasicUNet
   execution      platform-specific execution: CPU convolutions, passes, XLA flags, the allocator
