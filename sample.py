@@ -120,6 +120,8 @@ def main(argv: list[str]) -> None:
     )
     out = generate(fn, model.params, seed=_SEED.value, num_samples=_NUM_SAMPLES.value)
     x, frames = (out, None) if strip_every is None else out
+    # The data range, as diffusers' pipelines return images (a sampler can overshoot it).
+    x = np.clip(x, -1.0, 1.0)
     if jax.process_index() != 0:
         return
     grid = _OUT.value
