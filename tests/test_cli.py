@@ -163,6 +163,7 @@ def test_sample_cli_from_the_workdir_and_from_the_export(trained, env, tmp_path)
     assert b.returncode == 0, b.stderr[-3000:]
     xa, xb = np.load(tmp_path / "a.npz")["images"], np.load(tmp_path / "b.npz")["images"]
     assert xa.shape == (5, 16, 16, 1) and xa.dtype == np.float32
+    assert xa.min() >= -1.0 and xa.max() <= 1.0  # the data range, as the message says
     # The same EMA weights and schedule, the same seed: the same images either way.
     np.testing.assert_allclose(xa, xb, rtol=1e-5, atol=1e-5)
     assert np.load(tmp_path / "a.npz")["x_t"].shape == (3, 5, 16, 16, 1)
