@@ -10,8 +10,8 @@ Sections (``jaxdiff.run_config`` types and checks them; ``README.md`` lists ever
   model       a diffusers ``UNet2DModel`` config (``_class_name`` ``"UNet2DModel"`` or ``"BasicUNet"``);
               ``sample_size``, ``in_channels`` and ``out_channels`` follow ``data.image_size`` and
               ``data.channels`` unless a config sets them.
-  diffusion   the training objective (``ddpm`` | ``edm`` | ``flow`` | ``from_scratch``) and the diffusers scheduler keys of
-              the noise schedule it trains for.
+  diffusion   the training objective (``ddpm`` | ``edm`` | ``flow`` | ``from_scratch``) and the diffusers
+              scheduler keys of the noise schedule it trains for.
   train       optimisation, EMA, precision, logging / sampling / checkpoint cadence, mesh, microbatches.
   sample      how the periodic sample grids (and ``sample.py`` by default) draw images.
 
