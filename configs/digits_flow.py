@@ -11,12 +11,11 @@ diffusers export is a ``FlowMatchEulerDiscreteScheduler`` pipeline.
 
 import ml_collections
 
-from jaxdiff.run_config import default_config
+from configs import digits
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default_config()  # digits at 16x16, grayscale; the UNet2DModel (32, 64, 64)
-    config.model.layers_per_block = 1
+    config = digits.get_config()  # the same data, UNet, optimiser, EMA, steps and evaluation
 
     diffusion = config.diffusion
     diffusion.objective = "flow"
@@ -24,19 +23,6 @@ def get_config() -> ml_collections.ConfigDict:
     diffusion.logit_mean = 0.0
     diffusion.logit_std = 1.0
     diffusion.shift = 1.0
-
-    train = config.train
-    train.num_steps = 1500
-    train.learning_rate = 1e-3
-    train.warmup_steps = 100
-    train.weight_decay = 0.0
-    train.adam_b1 = 0.9
-    train.ema_decay = 0.999
-    train.log_every = 25
-    train.sample_every = 500
-    train.checkpoint_every = 250
-    train.eval_every = 1500
-    train.eval_num_samples = 400
 
     config.sample.sampler = "flow_euler"
     config.sample.num_inference_steps = 50

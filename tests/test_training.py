@@ -603,7 +603,16 @@ def test_shipped_configs_are_valid_and_match_their_recipes():
         validate_config,
     )
 
-    for name in ("default", "digits", "butterflies", "mnist", "cifar10"):
+    for name in (
+        "default",
+        "digits",
+        "digits_edm",
+        "digits_flow",
+        "butterflies",
+        "mnist",
+        "cifar10",
+        "cifar10_edm",
+    ):
         validate_config(load_config(name))
     default = load_config("default")  # sets every key the validator knows
     assert set(default.train) == set(TRAIN_KEYS) and set(default.sample) == set(SAMPLE_KEYS)
