@@ -1,6 +1,6 @@
 """The offline first run: scikit-learn's 1,797 handwritten digits (8x8, upsampled to 16x16, grayscale).
 
-``python train.py --config configs/digits.py`` finishes in about 10 minutes on a 2-core CPU and writes
+``python train.py --config configs/digits.py`` finishes in about 7 minutes on a 2-core CPU and writes
 grids of recognisable digits to ``workdirs/digits/samples/`` (EMA weights, DDIM 50 steps), then a
 diffusers pipeline to ``workdirs/digits/diffusers/``. No download: the images ship with scikit-learn.
 """
