@@ -281,8 +281,7 @@ class RunConfig:
     @property
     def num_classes(self) -> int | None:
         """Class count of a class-conditional model (``num_class_embeds``), else None."""
-        conditional = self.model.get("num_class_embeds") is not None or self.model.get("class_embed_type")
-        return self.model.get("num_class_embeds") if conditional else None
+        return self.model.get("num_class_embeds") if self.class_conditional else None
 
     @property
     def class_conditional(self) -> bool:
