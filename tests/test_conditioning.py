@@ -179,7 +179,9 @@ def test_train_step_drops_labels_with_the_step_key(compilation_cache):
     steps = {}
 
     def run(components, labels):
-        step = steps.setdefault(id(components), build_train_step(components))
+        if id(components) not in steps:
+            steps[id(components)] = build_train_step(components)
+        step = steps[id(components)]
         glob = sharding.global_batch({"image": batch["image"], "label": labels}, components.batch_sharding)
         new_state, _ = step(components.init_state(), glob)
         return jax.tree.leaves(jax.device_get(new_state.params))
