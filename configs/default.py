@@ -15,6 +15,21 @@ Sections (``jaxdiff.run_config`` types and checks them; ``README.md`` lists ever
   train       optimisation, EMA, precision, logging / sampling / checkpoint cadence, mesh, microbatches.
   sample      how the periodic sample grids (and ``sample.py`` by default) draw images.
 
+Class-conditioning and fine-tuning (all off by default):
+  data.num_classes     None (unconditional) or K, the number of classes: labels must be 0..K-1 (digits:
+                       0..9; tfds / hf: ``data.label_key``; folder: the sorted class sub-directories, as
+                       torchvision's ImageFolder). The model then gets ``num_class_embeds = K + 1``:
+                       id K is the null label (label dropout, classifier-free guidance's unconditional
+                       half). ``model.num_class_embeds`` alone (no ``data.num_classes``) still makes a
+                       conditional model with no null label.
+  train.cond_drop_prob label dropout for classifier-free guidance, in [0, 1) (e.g. 0.1): each training
+                       label becomes the null label with this probability (needs ``data.num_classes``).
+  train.init_from      "" or a ``train.py`` workdir (its EMA weights) or a diffusers ``UNet2DModel`` /
+                       pipeline folder: a fresh run starts from those weights (parameters and EMA) with
+                       a fresh optimizer at step 0, on its own data and diffusion options; the model
+                       config must be the same (``sample_size`` aside). A workdir that already has a
+                       checkpoint resumes from it instead.
+
 A config extends this one as ``from jaxdiff.run_config import default_config`` (no path tricks).
 """
 

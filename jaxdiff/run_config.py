@@ -229,6 +229,8 @@ class TrainOptions:
     )
     eval_ref_stats: str = _field("", "str")
     wandb_project: str = _field("", "str")
+    cond_drop_prob: float = _field(0.0, "float", lambda v: 0 <= v < 1, "use a number in [0, 1)")
+    init_from: str = _field("", "str")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -280,8 +282,18 @@ class RunConfig:
 
     @property
     def num_classes(self) -> int | None:
-        """Class count of a class-conditional model (``num_class_embeds``), else None."""
+        """Class count of a class-conditional model: ``data.num_classes`` (K real classes) when set, else
+        ``model.num_class_embeds`` (a config from before ``data.num_classes``), else None."""
+        if self.data.num_classes is not None:
+            return self.data.num_classes
         return self.model.get("num_class_embeds") if self.class_conditional else None
+
+    @property
+    def null_label(self) -> int | None:
+        """The class id meaning "no class" (label dropout in training, the unconditional half of
+        classifier-free guidance): K = ``data.num_classes``, the model's extra embedding; None when the
+        run has no ``data.num_classes``."""
+        return self.data.num_classes
 
     @property
     def class_conditional(self) -> bool:
@@ -407,6 +419,36 @@ def _derive_eval(train: TrainOptions, data: DataOptions, log: Callable[[str], No
     return dataclasses.replace(train, eval_every=0)
 
 
+def _derive_class_embeds(model_section: Any, data: DataOptions) -> Any:
+    """The model section with ``num_class_embeds = data.num_classes + 1`` (K classes and the null label K)
+    when ``data.num_classes`` is set; a ``model.num_class_embeds`` or ``model.class_embed_type`` that
+    contradicts it is a ``UserError``."""
+    if data.num_classes is None:
+        return model_section
+    model = dict(_as_mapping(model_section))
+    embeds, want = model.get("num_class_embeds"), data.num_classes + 1
+    _check(
+        embeds is None or embeds == want,
+        "model.num_class_embeds",
+        embeds,
+        f"with data.num_classes={data.num_classes} it must be {want} (the classes and a null label) or unset",
+    )
+    _check(
+        model.get("class_embed_type") is None,
+        "model.class_embed_type",
+        model.get("class_embed_type"),
+        "leave it unset with data.num_classes (a learned embedding of the classes and a null label)",
+    )
+    _check(
+        model.get("_class_name", "UNet2DModel") == "UNet2DModel",
+        "model._class_name",
+        model.get("_class_name"),
+        "data.num_classes needs a UNet2DModel (its class embedding)",
+    )
+    model["num_class_embeds"] = want
+    return model
+
+
 def parse_run_config(config: Any, *, log: Callable[[str], None] | None = None) -> RunConfig:
     """Validate a run config (``ConfigDict`` or mapping) into a :class:`RunConfig` (module docstring).
 
@@ -427,8 +469,14 @@ def parse_run_config(config: Any, *, log: Callable[[str], None] | None = None) -
     train = _parse_section(TrainOptions, _as_mapping(config["train"]), "train")
     sample = _parse_section(SampleOptions, _as_mapping(config["sample"]), "sample")
     data = parse_data_config(config["data"])
-    model = models.normalize_config(config["model"])
+    model = models.normalize_config(_derive_class_embeds(config["model"], data))
     _check_model_matches_data(model, data, diffusion)
+    _check(
+        train.cond_drop_prob == 0 or data.num_classes is not None,
+        "train.cond_drop_prob",
+        train.cond_drop_prob,
+        "label dropout needs a null label: set data.num_classes (or use 0)",
+    )
 
     objective = objectives.get_objective(diffusion.objective)
     diffusion_dict = diffusion.to_dict()
@@ -476,6 +524,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.seed = 0
     config.data = ml_collections.ConfigDict(dict(data_options.DEFAULTS))
     config.data.data_dir = config_dict.placeholder(str)
+    config.data.num_classes = config_dict.placeholder(int)
     config.model = model = ml_collections.ConfigDict()
     model["_class_name"] = "UNet2DModel"
     model.sample_size = config.data.get_ref("image_size")

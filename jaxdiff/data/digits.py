@@ -15,6 +15,8 @@ from jaxdiff.data.images import to_uint8_image
 from jaxdiff.data.options import DataOptions
 from jaxdiff.data.records import ArraySource
 
+DIGITS_CLASS_NAMES = tuple(str(d) for d in range(10))  # label d is the digit d
+
 
 @functools.cache
 def _digits_uint8() -> tuple[np.ndarray, np.ndarray]:
@@ -33,7 +35,7 @@ def _digits_source(image_size: int, channels: int) -> ArraySource:
     if channels == 3:
         images = np.repeat(images, 3, axis=-1)
     images.flags.writeable = False  # shared between callers through the cache
-    return ArraySource(images, labels, name="digits")
+    return ArraySource(images, labels, name="digits", class_names=DIGITS_CLASS_NAMES)
 
 
 def digits_source(opts: DataOptions) -> ArraySource:

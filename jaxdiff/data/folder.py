@@ -5,7 +5,13 @@ hidden files and folders (names starting with ".") and other files are ignored. 
 sorted relative paths, so it is the same on every machine. Each file is decoded once when the source
 is made: files that fail (corrupt, truncated, not really an image) are skipped and counted in the
 log, and a folder with no usable image is an error. Any size and mode is accepted (converted and
-resized as ``images.to_uint8_image`` describes). Labels are 0.
+resized as ``images.to_uint8_image`` describes).
+
+Labels, as torchvision's ``ImageFolder`` gives them: when images lie in sub-directories, each top-level
+sub-directory that holds images (at any depth) is a class, and an image's label is the position of its
+sub-directory's name in their sorted list (``class_names``). A flat folder is one class, label 0
+(``class_names`` None). With ``data.num_classes`` set, the number of class sub-directories (1 for a flat
+folder) must equal it, and images lying beside class sub-directories are an error.
 
 When the resized images fit in ``CACHE_LIMIT_BYTES`` they are kept in memory (the usual case for
 small training images); otherwise each is decoded again when read.
@@ -26,6 +32,19 @@ from jaxdiff.data.records import make_record
 from jaxdiff.errors import UserError
 
 CACHE_LIMIT_BYTES = 1 << 30
+
+
+def _top_folder(root: str, file: str) -> str | None:
+    """The name of the top-level sub-directory of ``root`` that ``file`` lies in (None: in ``root``)."""
+    parts = os.path.relpath(file, root).split(os.sep)
+    return parts[0] if len(parts) > 1 else None
+
+
+def class_folders(root: str, files: list[str]) -> tuple[str, ...] | None:
+    """The sorted names of the top-level sub-directories of ``root`` holding any of ``files`` (paths under
+    ``root``), or None when every file lies directly in ``root``."""
+    names = {_top_folder(root, f) for f in files} - {None}
+    return tuple(sorted(names)) if names else None
 
 
 def _image_extensions() -> frozenset[str]:
@@ -58,6 +77,8 @@ class FolderSource:
                 "such as .png, .jpg, .webp)"
             )
         self.root = root
+        self.class_names = class_folders(root, files)
+        self._check_classes(path, files, opts.num_classes)
         self._size, self._channels, self._center_crop = opts.image_size, opts.channels, opts.center_crop
         cache = len(files) * opts.image_size**2 * opts.channels <= CACHE_LIMIT_BYTES
         # Decoding validates every file; threads overlap the file reads and Pillow's decoders.
@@ -81,6 +102,33 @@ class FolderSource:
             )
         logging.info("data folder %s: %d images", path, len(self.files))
         self._images = np.stack([image for image in decoded if image is not None]) if cache else None
+        index = {name: i for i, name in enumerate(self.class_names or ())}
+        self.labels = np.array([index.get(_top_folder(root, f), 0) for f in self.files], np.int32)
+
+    def _check_classes(self, path: str, files: list[str], num_classes: int | None) -> None:
+        """``data.num_classes`` against the class sub-directories (see the module docstring)."""
+        if num_classes is None:
+            return
+        found = 1 if self.class_names is None else len(self.class_names)
+        if found != num_classes:
+            names = (
+                "no class sub-directories (one class)"
+                if self.class_names is None
+                else (
+                    f"{found} class sub-directories ({', '.join(self.class_names[:5])}"
+                    f"{', ...' if found > 5 else ''})"
+                )
+            )
+            raise UserError(
+                f"data folder {path!r} has {names} but data.num_classes={num_classes}; "
+                "set data.num_classes to the number of class sub-directories"
+            )
+        loose = [f for f in files if _top_folder(self.root, f) is None]
+        if self.class_names is not None and loose:
+            raise UserError(
+                f"data folder {path!r} has the image {os.path.basename(loose[0])!r} beside its class "
+                "sub-directories; with data.num_classes every image must lie in a class sub-directory"
+            )
 
     def _load(self, file: str) -> np.ndarray:
         img = open_image(file, self._size)
@@ -100,9 +148,9 @@ class FolderSource:
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         if self._images is not None:
-            return make_record(self._images[index], 0)
+            return make_record(self._images[index], self.labels[index])
         try:
-            return make_record(self._load(self.files[index]), 0)
+            return make_record(self._load(self.files[index]), self.labels[index])
         except Exception as error:
             raise UserError(
                 f"image file {self.files[index]!r} could not be read any more: {error}"

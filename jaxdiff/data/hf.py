@@ -66,6 +66,14 @@ class HfSource:
         if len(self._dataset) == 0:
             raise UserError(f"Hugging Face dataset {name!r} split {split!r} is empty")
         self._label_key = opts.label_key if opts.label_key in columns else None
+        if opts.num_classes is not None and self._label_key is None:
+            raise UserError(
+                f"Hugging Face dataset {name!r} has no label column data.label_key={opts.label_key!r} for "
+                f"data.num_classes={opts.num_classes}; allowed: {columns}"
+            )
+        features = getattr(self._dataset, "features", None) or {}
+        names = getattr(features.get(self._label_key), "names", None) if self._label_key else None
+        self.class_names = tuple(names) if names else None  # a ClassLabel column's names
         self._dataset = self._dataset.select_columns(
             [opts.image_key] + ([self._label_key] * bool(self._label_key))
         )

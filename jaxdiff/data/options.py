@@ -14,6 +14,12 @@ Keys (every one optional; the default is used when a key is absent):
   default ``~/tensorflow_datasets``); for ``hf:`` the ``datasets`` cache folder.
 - ``image_key`` (str, ``"image"``): the image feature / column of ``tfds:`` and ``hf:`` records.
 - ``label_key`` (str, ``"label"``): the integer label feature / column; label 0 when absent.
+- ``num_classes`` (int >= 1 or None, None): the number of real classes K of a class-conditional run;
+  None is unconditional. When set, every label from the data must lie in ``0..K-1`` (a ``UserError``
+  names the first one outside), a ``folder:`` source must hold exactly K class sub-directories, and the
+  run config gives the model K + 1 class embeddings (id K is the null label of classifier-free guidance,
+  see ``jaxdiff.run_config``). Labels: ``digits`` 0..9; ``tfds:`` / ``hf:`` the ``label_key`` feature;
+  ``folder:`` the sorted sub-directory names, like torchvision's ``ImageFolder``.
 - ``download`` (bool, False): ``tfds:`` only, let TFDS download and prepare a catalog dataset
   missing from ``data_dir`` (needs network, and TensorFlow for most image datasets).
 - ``num_threads`` (int >= 0, 2): threads decoding batches ahead of the training loop (0 = decode
@@ -47,6 +53,7 @@ class DataOptions:
     data_dir: str | None = None
     image_key: str = "image"
     label_key: str = "label"
+    num_classes: int | None = None
     download: bool = False
     num_threads: int = 2
     prefetch_buffer_size: int = 4
@@ -97,6 +104,13 @@ def parse_data_config(data_config: Any) -> DataOptions:
         if not _is_int(values[key]) or values[key] < 0:
             raise UserError(f"data.{key}={values[key]!r} must be an integer >= 0")
         values[key] = int(values[key])
+    if values["num_classes"] is not None:
+        if not _is_int(values["num_classes"]) or values["num_classes"] < 1:
+            raise UserError(
+                f"data.num_classes={values['num_classes']!r} is not allowed; use a positive integer "
+                "(the number of classes) or None (unconditional)"
+            )
+        values["num_classes"] = int(values["num_classes"])
     if values["data_dir"] is not None:
         if not isinstance(values["data_dir"], (str, os.PathLike)):
             raise UserError(f"data.data_dir={values['data_dir']!r} must be a path string or None")

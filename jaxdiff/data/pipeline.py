@@ -23,7 +23,7 @@ import numpy as np
 from absl import flags
 
 from jaxdiff.data.options import DataOptions, parse_data_config
-from jaxdiff.data.sources import ImageSource, make_source
+from jaxdiff.data.sources import ImageSource, check_labels, make_source
 from jaxdiff.errors import UserError
 
 # Distinct streams derived from the one user seed (shuffle order vs. flips).
@@ -46,8 +46,19 @@ class _ProcessRows:
     Returns ``{"image": float32 [b, H, W, C] in [-1, 1], "label": int32 [b]}``.
     """
 
-    def __init__(self, source: ImageSource, *, seed: int, random_flip: bool, process_index: int, rows: int):
+    def __init__(
+        self,
+        source: ImageSource,
+        *,
+        seed: int,
+        random_flip: bool,
+        process_index: int,
+        rows: int,
+        num_classes: int | None = None,
+        source_name: str = "the data",
+    ):
         self.source = source
+        self.num_classes, self.source_name = num_classes, source_name
         self.flip_seed = _derived_seed(seed, _FLIP_STREAM)
         self.random_flip = random_flip
         self.first_row = process_index * rows
@@ -68,6 +79,7 @@ class _ProcessRows:
             flip = self.flips(positions)
             images[flip] = images[flip, :, ::-1]
         labels = np.array([r["label"] for r in records], dtype=np.int32)
+        check_labels(labels, self.num_classes, f"data.source={self.source_name!r}")
         return {"image": to_float(images), "label": labels}
 
 
@@ -106,6 +118,8 @@ def make_train_iterator(
         random_flip=opts.random_flip,
         process_index=process_index,
         rows=global_batch_size // process_count,
+        num_classes=opts.num_classes,
+        source_name=opts.source,
     )
     dataset = (
         grain.MapDataset.range(len(source))

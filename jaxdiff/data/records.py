@@ -10,7 +10,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["ArraySource", "ImageSource", "first_line", "make_record"]
+from jaxdiff.errors import UserError
+
+__all__ = ["ArraySource", "ImageSource", "check_labels", "first_line", "make_record"]
 
 
 class ImageSource(Protocol):
@@ -35,14 +37,32 @@ def make_record(image: np.ndarray, label: Any) -> dict[str, np.ndarray]:
     return {"image": image, "label": np.int32(label)}
 
 
-class ArraySource:
-    """Images held in memory: uint8 ``[N, S, S, C]`` and int32 labels ``[N]``."""
+def check_labels(labels: np.ndarray, num_classes: int | None, where: str) -> None:
+    """``UserError`` naming the first label of ``labels`` (int ``[N]``) outside ``0..num_classes-1``
+    (``data.num_classes``; None checks nothing). ``where`` names the data in the message."""
+    if num_classes is None or labels.size == 0:
+        return
+    labels = np.asarray(labels)
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        raise UserError(
+            f"{where} has the label {int(labels[np.argmax(bad)])}, outside data.num_classes={num_classes}; "
+            f"allowed: 0..{num_classes - 1} (set data.num_classes to the data's class count)"
+        )
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, name: str):
+
+class ArraySource:
+    """Images held in memory: uint8 ``[N, S, S, C]`` and int32 labels ``[N]``; ``class_names`` (label i is
+    ``class_names[i]``) when the labels are classes with known names."""
+
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, name: str, class_names: tuple[str, ...] | None = None
+    ):
         assert images.dtype == np.uint8 and images.ndim == 4 and len(labels) == len(images)
         self.images = images
         self.labels = np.asarray(labels, np.int32)
         self.name = name
+        self.class_names = class_names
 
     def __len__(self) -> int:
         return len(self.images)

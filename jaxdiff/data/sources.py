@@ -1,7 +1,10 @@
 """Random-access image sources (grain ``RandomAccessDataSource``: ``len`` + ``__getitem__``).
 
 Every source yields records ``{"image": uint8 [S, S, C], "label": int32 scalar}`` already at the
-configured ``image_size`` (S) and ``channels`` (C). ``data.source`` picks one:
+configured ``image_size`` (S) and ``channels`` (C). Sources whose labels are named classes have a
+``class_names`` attribute (label i is ``class_names[i]``; None when unknown). With ``data.num_classes`` set,
+labels outside ``0..num_classes-1`` are a ``UserError`` (here for the in-memory sources, per batch in the
+pipeline for the others). ``data.source`` picks one:
 
 - ``digits``: scikit-learn's bundled handwritten digits (1,797 images, 8x8), see ``digits.py``.
 - ``tfds:NAME[:split]``: a TFDS dataset prepared in array_record format, see ``tfds_source.py``.
@@ -17,11 +20,20 @@ from jaxdiff.data.digits import digits_source
 from jaxdiff.data.folder import FolderSource
 from jaxdiff.data.hf import HfSource
 from jaxdiff.data.options import DataOptions, parse_data_config
-from jaxdiff.data.records import ArraySource, ImageSource, first_line, make_record
+from jaxdiff.data.records import ArraySource, ImageSource, check_labels, first_line, make_record
 from jaxdiff.data.tfds_source import TfdsSource
 from jaxdiff.errors import UserError
 
-__all__ = ["ArraySource", "ImageSource", "SCHEMES", "first_line", "make_record", "make_source", "split_name"]
+__all__ = [
+    "ArraySource",
+    "ImageSource",
+    "SCHEMES",
+    "check_labels",
+    "first_line",
+    "make_record",
+    "make_source",
+    "split_name",
+]
 
 SCHEMES = ("digits", "tfds:NAME[:split]", "folder:PATH", "hf:NAME[:split]")
 
@@ -55,11 +67,16 @@ def make_source(data_config: Any) -> ImageSource:
     opts: DataOptions = parse_data_config(data_config)
     scheme, sep, rest = opts.source.partition(":")
     if scheme == "digits" and not sep:
-        return digits_source(opts)
-    if scheme == "folder" and sep:
-        return FolderSource(rest, opts)
-    if scheme == "tfds" and sep:
-        return TfdsSource(*split_name(rest, opts.source), opts)
-    if scheme == "hf" and sep:
-        return HfSource(*split_name(rest, opts.source), opts)
-    raise UserError(f"unknown data.source {opts.source!r}; allowed: {', '.join(SCHEMES)}")
+        source = digits_source(opts)
+    elif scheme == "folder" and sep:
+        source = FolderSource(rest, opts)
+    elif scheme == "tfds" and sep:
+        source = TfdsSource(*split_name(rest, opts.source), opts)
+    elif scheme == "hf" and sep:
+        source = HfSource(*split_name(rest, opts.source), opts)
+    else:
+        raise UserError(f"unknown data.source {opts.source!r}; allowed: {', '.join(SCHEMES)}")
+    labels = getattr(source, "labels", None)  # in memory: checked whole here, the others per batch
+    if labels is not None:
+        check_labels(labels, opts.num_classes, f"data.source={opts.source!r}")
+    return source

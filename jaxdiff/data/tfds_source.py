@@ -26,6 +26,15 @@ from jaxdiff.errors import UserError
 _ERRORS = (ValueError, NotImplementedError, FileNotFoundError, OSError, ImportError, AssertionError)
 
 
+def _class_names(builder: Any, label_key: str) -> tuple[str, ...] | None:
+    """The names of a ``ClassLabel`` label feature (label i is ``names[i]``), else None."""
+    try:
+        names = builder.info.features[label_key].names
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return tuple(str(n) for n in names) if names else None
+
+
 class TfdsSource:
     """One split of a prepared TFDS dataset as a random-access image source."""
 
@@ -77,6 +86,12 @@ class TfdsSource:
             raise UserError(
                 f"TFDS dataset {name!r} has no feature data.image_key={opts.image_key!r}; allowed: {keys}"
             )
+        if opts.num_classes is not None and opts.label_key not in first:
+            raise UserError(
+                f"TFDS dataset {name!r} has no label feature data.label_key={opts.label_key!r} for "
+                f"data.num_classes={opts.num_classes}; allowed: {sorted(first)}"
+            )
+        self.class_names = _class_names(builder, opts.label_key)
 
     def _record(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
         opts = self._opts

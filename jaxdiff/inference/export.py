@@ -28,13 +28,23 @@ def export_scheduler_config(diffusion: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def export_diffusers(
-    model_config: Mapping[str, Any], diffusion: Mapping[str, Any], params: Any, directory: str | os.PathLike
+    model_config: Mapping[str, Any],
+    diffusion: Mapping[str, Any],
+    params: Any,
+    directory: str | os.PathLike,
+    *,
+    null_label: int | None = None,
 ) -> str | None:
     """Write ``params`` (the EMA weights) and the objective's scheduler as a diffusers pipeline folder
     (``DiffusionPipeline.from_pretrained`` loads it: a ``DDPMPipeline``, or for EDM a
     ``ConsistencyModelPipeline``, whose loop scales the model input as the EDM scheduler asks).
 
     ``model_config``: the normalized model config; ``diffusion``: the ``diffusion`` section (a mapping).
+    A class-conditional model keeps its class embedding (diffusers' ``num_class_embeds``: call the UNet
+    with ``class_labels``); ``null_label`` (``RunConfig.null_label``, the id classifier-free guidance uses
+    for "no class") is written to ``jaxdiff.json`` beside ``model_index.json`` as
+    ``{"num_classes": null_label, "null_label": null_label}``, which diffusers ignores and
+    ``jaxdiff.inference.load_pretrained`` reads.
     Written to a temporary folder and renamed, so ``directory`` is always a complete pipeline. Returns the
     directory, or None (nothing written) for models diffusers has no class for (``BasicUNet``) or
     objectives it cannot sample. Every process must call it (arrays may need gathering); process 0 writes.
@@ -59,6 +69,9 @@ def export_diffusers(
         dict(model_config),
         export_scheduler_config(diffusion),
         pipeline_class=objective.pipeline_class,
+        jaxdiff_metadata=None
+        if null_label is None
+        else {"num_classes": null_label, "null_label": null_label},
     )
     if os.path.exists(directory):
         shutil.rmtree(directory)

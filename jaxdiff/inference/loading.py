@@ -25,7 +25,7 @@ from jaxdiff import models, sharding
 from jaxdiff.checkpointing import restore_subtree, same_model_check
 from jaxdiff.errors import UserError
 from jaxdiff.inference.generate import SampleFn, make_sample_fn
-from jaxdiff.interop import load_pipeline, load_unet
+from jaxdiff.interop import load_pipeline, load_unet, read_jaxdiff_metadata
 from jaxdiff.objectives import Objective, get_objective, objective_for_scheduler
 from jaxdiff.run_config import load_config_json, parse_run_config
 
@@ -43,7 +43,9 @@ class LoadedModel:
       objective: how it was trained (``jaxdiff.objectives``): which samplers apply and how.
       diffusion: the diffusion / scheduler config the samplers are built from.
       num_train_timesteps: the allowed range of sampling steps is ``1..num_train_timesteps``.
-      num_classes: class count of a class-conditional model, else None.
+      num_classes: class count of a class-conditional model (the real classes 0..K-1), else None.
+      null_label: the class id meaning "no class" (K) of a model trained with label dropout
+        (``data.num_classes``), which classifier-free guidance needs; None when the model has none.
       default_sampler, default_steps, default_eta: what to use when the user does not say.
     """
 
@@ -56,6 +58,7 @@ class LoadedModel:
     diffusion: Mapping[str, Any]
     num_train_timesteps: int
     num_classes: int | None = None
+    null_label: int | None = None
     default_sampler: str = "ddim"
     default_steps: int = 50
     default_eta: float = 0.0
@@ -145,10 +148,27 @@ def load_workdir(
         diffusion=run.diffusion.to_dict(),
         num_train_timesteps=run.diffusion.num_train_timesteps,
         num_classes=run.num_classes,
+        null_label=run.null_label,
         default_sampler=run.sample.sampler,
         default_steps=run.sample.num_inference_steps,
         default_eta=run.sample.eta,
     )
+
+
+def _class_facts(root: str, embeds: int | None) -> tuple[int | None, int | None]:
+    """``(num_classes, null_label)`` of a diffusers folder: from the ``jaxdiff.json`` that a jaxdiff export
+    writes (K real classes, null label K of K + 1 embeddings), else every embedding a class and no null
+    label."""
+    meta = read_jaxdiff_metadata(root)
+    null = meta.get("null_label")
+    if null is None or not embeds:
+        return (int(embeds) if embeds else None), None
+    if not isinstance(null, int) or isinstance(null, bool) or not 0 <= null < int(embeds):
+        raise UserError(
+            f"{os.path.join(root, 'jaxdiff.json')!r} has null_label={null!r}; allowed: an integer "
+            f"in 0..{int(embeds) - 1} (the UNet has num_class_embeds={embeds})"
+        )
+    return null, null  # the real classes are the ids below the null label
 
 
 def load_pretrained(path: str | os.PathLike, *, image_size: int | None = None) -> LoadedModel:
@@ -186,6 +206,7 @@ def load_pretrained(path: str | os.PathLike, *, image_size: int | None = None) -
     mesh = sharding.make_mesh()
     params, param_sharding = _replicated(jax.tree.map(np.asarray, params), mesh)
     embeds = unet_config.get("num_class_embeds")
+    num_classes, null_label = _class_facts(root, embeds)
     return LoadedModel(
         apply_fn=apply_fn,
         params=params,
@@ -195,6 +216,7 @@ def load_pretrained(path: str | os.PathLike, *, image_size: int | None = None) -
         objective=objective,
         diffusion=sched,
         num_train_timesteps=int(sched.get("num_train_timesteps", 1000)),
-        num_classes=int(embeds) if embeds else None,
+        num_classes=num_classes,
+        null_label=null_label,
         default_sampler="ddim" if objective.name == "ddpm" else objective.sampler_names()[0],
     )

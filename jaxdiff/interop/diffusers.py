@@ -57,6 +57,9 @@ SAFETENSORS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 BIN_NAME = "diffusion_pytorch_model.bin"
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 MODEL_INDEX_NAME = "model_index.json"
+# jaxdiff's own facts about an exported pipeline that diffusers has no key for (the null label of a
+# classifier-free-guidance model): a file diffusers does not read, beside model_index.json.
+JAXDIFF_METADATA_NAME = "jaxdiff.json"
 
 Path = str | os.PathLike
 Params = nnx.State | Mapping[str, Any]
@@ -410,8 +413,10 @@ def save_pipeline(
     config: Mapping[str, Any],
     scheduler_config: Mapping[str, Any] | Any,
     pipeline_class: str | None = None,
+    jaxdiff_metadata: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write a diffusers pipeline folder: ``model_index.json``, ``unet/`` and ``scheduler/``.
+    """Write a diffusers pipeline folder: ``model_index.json``, ``unet/`` and ``scheduler/``, and
+    ``jaxdiff_metadata`` (when given) as ``jaxdiff.json`` (:func:`read_jaxdiff_metadata`).
 
     The pipeline is ``pipeline_class`` if given, else ``DDIMPipeline`` when the scheduler's ``_class_name``
     is ``"DDIMScheduler"`` and ``DDPMPipeline`` otherwise (``_class_name`` defaults to
@@ -425,6 +430,8 @@ def save_pipeline(
     root = os.fspath(path)
     save_unet(makedirs_in_workdir(root, "unet"), params, config)  # (a symlinked unet/ is refused)
     write_text_atomic(root, f"scheduler/{SCHEDULER_CONFIG_NAME}", _json_text(sched))
+    if jaxdiff_metadata:
+        write_text_atomic(root, JAXDIFF_METADATA_NAME, _json_text(jaxdiff_metadata))
     write_text_atomic(
         root,
         MODEL_INDEX_NAME,
@@ -437,6 +444,18 @@ def save_pipeline(
             }
         ),
     )
+
+
+def read_jaxdiff_metadata(path: Path) -> dict[str, Any]:
+    """The ``jaxdiff.json`` of a pipeline folder written by :func:`save_pipeline` (``{}`` when absent):
+    ``{"num_classes": K, "null_label": K}`` for a class-conditional model trained with a null label."""
+    file = os.path.join(os.fspath(path), JAXDIFF_METADATA_NAME)
+    if not os.path.isfile(file):
+        return {}
+    data = _read_json(file)
+    if not isinstance(data, dict):
+        raise UserError(f"{file!r} holds a {type(data).__name__}, not a JSON object")
+    return data
 
 
 def load_pipeline(

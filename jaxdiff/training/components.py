@@ -19,6 +19,7 @@ from jaxdiff import models, sharding
 from jaxdiff.execution import passes
 from jaxdiff.run_config import RunConfig, parse_run_config
 from jaxdiff.training.ema import make_ema_update
+from jaxdiff.training.init_from import params_like
 from jaxdiff.training.optimizer import make_optimizer
 from jaxdiff.training.state import TrainState, create_train_state
 from jaxdiff.training.step import make_loss_fn, make_train_step
@@ -30,7 +31,9 @@ __all__ = ["Components", "build_components", "build_train_step", "train_pass_cou
 class Components:
     """Everything derived from a config before the loop starts (see :func:`build_components`).
 
-    ``init_state()`` returns the step-0 ``TrainState`` as global arrays with ``state_sharding``.
+    ``init_state()`` returns the step-0 ``TrainState`` as global arrays with ``state_sharding``;
+    ``init_state_from(params)`` the same with other starting weights (host arrays in the params tree of
+    ``jaxdiff.models.functional``, e.g. ``train.init_from``'s): parameters and EMA, a fresh optimizer.
     """
 
     run: RunConfig
@@ -39,6 +42,7 @@ class Components:
     optimizer: Any
     lr_schedule: Any
     init_state: Callable[[], TrainState]
+    init_state_from: Callable[[Any], TrainState]
     state_sharding: Any
     abstract_state: Any
     batch_sharding: Any
@@ -93,6 +97,14 @@ def build_components(config: Any, *, check_batch_size: bool = True) -> Component
         apply_fn, params = models.functional(model)
         host_state = create_train_state(params, optimizer, jax.random.fold_in(root, 1))
     del model
+
+    def init_state_from(start_params: Any) -> TrainState:
+        with jax.default_device(jax.local_devices(backend="cpu")[0]):
+            start = create_train_state(
+                params_like(params, start_params), optimizer, jax.random.fold_in(root, 1)
+            )
+        return sharding.put_global(start, state_sharding)
+
     pass_count = train_pass_count(run, mesh, params) if check_batch_size else 1
     state_sharding = sharding.tree_shardings(mesh, host_state)
     abstract = jax.tree.map(
@@ -105,6 +117,7 @@ def build_components(config: Any, *, check_batch_size: bool = True) -> Component
         optimizer=optimizer,
         lr_schedule=lr_schedule,
         init_state=lambda: sharding.put_global(host_state, state_sharding),
+        init_state_from=init_state_from,
         state_sharding=state_sharding,
         abstract_state=abstract,
         batch_sharding=sharding.batch_sharding(mesh),
@@ -126,4 +139,6 @@ def build_train_step(components: Components) -> Callable[..., Any]:
         state_sharding=c.state_sharding,
         batch_sharding=c.batch_sharding,
         class_conditional=c.run.class_conditional,
+        cond_drop_prob=c.run.train.cond_drop_prob,
+        null_label=c.run.null_label,
     )

@@ -4,6 +4,9 @@
 
 - ``batch``: ``{"image": float32 [B, H, W, C] in [-1, 1], "label": int32 [B]}`` global arrays, split over the
   devices (``mesh.batch_sharding``); ``B`` is the global batch size.
+- with ``cond_drop_prob > 0`` each label becomes ``null_label`` with that probability
+  (``jaxdiff.training.label_dropout``), coins drawn from the step's key over the global batch, before the
+  batch is split into passes;
 - the loss draws its timesteps / noise / dropout from ``fold_in(state.rng, state.step)`` over the *global*
   batch shape (JAX's partitionable threefry gives the same numbers for any sharding), so 1 and N devices
   compute the same step up to the summation order of the gradient's all-reduce;
@@ -35,6 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxdiff.execution.passes import take_pass
 from jaxdiff.losses import TrainingLoss
 from jaxdiff.objectives import get_objective
+from jaxdiff.training.label_dropout import drop_labels
 from jaxdiff.training.state import TrainState
 
 __all__ = ["make_loss_fn", "make_train_step"]
@@ -64,6 +68,8 @@ def make_train_step(
     state_sharding: Any,
     batch_sharding: NamedSharding,
     class_conditional: bool = False,
+    cond_drop_prob: float = 0.0,
+    null_label: int | None = None,
     passes: int = 1,
     donate: bool = True,
 ) -> TrainStepFn:
@@ -77,6 +83,8 @@ def make_train_step(
       state_sharding: a ``TrainState`` of ``NamedSharding``s (``mesh.tree_shardings`` of the state).
       batch_sharding: the batch's sharding (``mesh.batch_sharding``), applied to every batch leaf.
       class_conditional: pass ``batch["label"]`` to the model as ``class_labels``.
+      cond_drop_prob, null_label: label dropout (``jaxdiff.training.label_dropout``); ``null_label`` must be
+        given when ``cond_drop_prob > 0``.
       passes: run each device's slice of the batch in this many passes (microbatches; it must divide the
         per-device batch; ``loss_fn`` must be a ``jaxdiff.losses.TrainingLoss`` when it is > 1).
       donate: donate the input state's buffers (the caller must not use that state afterwards).
@@ -84,6 +92,8 @@ def make_train_step(
 
     if passes < 1 or (passes > 1 and not isinstance(loss_fn, TrainingLoss)):
         raise ValueError(f"passes={passes} needs an integer >= 1 (> 1: a TrainingLoss loss_fn)")
+    if cond_drop_prob > 0 and (null_label is None or not class_conditional):
+        raise ValueError(f"cond_drop_prob={cond_drop_prob} needs a class-conditional model and a null_label")
 
     def accumulated(params: Any, x0: jax.Array, key: jax.Array, labels: jax.Array | None) -> tuple[Any, Any]:
         draws, dropout_key = loss_fn.draw(key, x0)  # for the whole batch: the numbers of one pass
@@ -111,6 +121,8 @@ def make_train_step(
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         key = jax.random.fold_in(state.rng, state.step)
         labels = batch["label"] if class_conditional else None
+        if labels is not None and cond_drop_prob > 0:
+            labels = drop_labels(labels, key, cond_drop_prob, null_label)
         if passes == 1:
             grad_fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
             (loss, _), grads = grad_fn(apply_fn, state.params, batch["image"], key, labels)

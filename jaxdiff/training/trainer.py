@@ -13,6 +13,9 @@ What a run writes under ``workdir``:
   score is kept besides the ``keep_checkpoints`` newest ones;
 - ``diffusers/``: at the end, a diffusers pipeline of the EMA weights (``DDPMPipeline.from_pretrained``).
 
+With ``train.init_from`` (``jaxdiff.training.init_from``) a fresh run starts from another model's weights;
+a workdir that already has a checkpoint resumes from it instead (one logged line).
+
 Restarting with the same ``workdir`` resumes from the newest usable checkpoint, exactly: the train state
 (parameters, optimizer, EMA, step, RNG) and the data order continue as if never stopped. A checkpoint of
 a different model config is refused with a ``UserError`` before anything is written.
@@ -44,6 +47,7 @@ from jaxdiff.errors import UserError
 from jaxdiff.inference import checkpoint_dir, export_diffusers, generate, sample_fn_for_run
 from jaxdiff.run_config import RunConfig, config_to_json, parse_run_config
 from jaxdiff.training.components import Components, build_components, build_train_step
+from jaxdiff.training.init_from import InitSource, resolve_init_from
 from jaxdiff.training.metrics import MetricsWindow, MetricsWriter
 from jaxdiff.training.periodic_eval import BEST_METRIC, make_evaluator
 from jaxdiff.training.preemption import StopRequest
@@ -196,10 +200,11 @@ def train_and_evaluate(
             process_count=jax.process_count(),
         )
         c = build_components(run)
+        init_source = resolve_init_from(run)
         if stop.signal_name:
             return _stopped_before_start(stop, workdir)
         with WorkdirLock(workdir, log=_say):
-            return _train(run, c, data_iter, workdir, stop, stop_at_step)
+            return _train(run, c, data_iter, workdir, stop, stop_at_step, init_source)
 
 
 def _stopped_before_start(stop: StopRequest, workdir: str) -> TrainResult:
@@ -208,7 +213,13 @@ def _stopped_before_start(stop: StopRequest, workdir: str) -> TrainResult:
 
 
 def _train(
-    run: RunConfig, c: Components, data_iter: Any, workdir: str, stop: StopRequest, stop_at_step: int | None
+    run: RunConfig,
+    c: Components,
+    data_iter: Any,
+    workdir: str,
+    stop: StopRequest,
+    stop_at_step: int | None,
+    init_source: InitSource | None,
 ) -> TrainResult:
     """The run once its workdir is held: restore, loop, finish (see the module docstring)."""
     tc = run.train
@@ -235,6 +246,11 @@ def _train(
         if restored is not None:
             state, start_step = restored.state, restored.step
             _say(f"resuming from the checkpoint at step {start_step} in {ckpt.directory}")
+            if init_source is not None:
+                _say(f"train.init_from={init_source.path!r} not used: resuming this run's own checkpoint")
+        elif init_source is not None:
+            state, start_step = c.init_state_from(init_source.load_params()), 0
+            _say(f"fine-tuning from {init_source.describe()} (fresh optimizer, step 0)")
         else:
             state, start_step = c.init_state(), 0
         config_json = config_to_json(run.source)
@@ -360,5 +376,7 @@ def _finish(
     if start_step < num_steps or not os.path.exists(os.path.join(export_dir, "model_index.json")):
         ckpt.wait()
         with _storage_errors(export_dir):
-            if export_diffusers(run.model, run.diffusion.to_dict(), state.ema_params, export_dir):
+            if export_diffusers(
+                run.model, run.diffusion.to_dict(), state.ema_params, export_dir, null_label=run.null_label
+            ):
                 _say(f"exported the EMA model as a diffusers pipeline to {export_dir}")
