@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -44,6 +44,8 @@ class LoadedModel:
       diffusion: the diffusion / scheduler config the samplers are built from.
       num_train_timesteps: the allowed range of sampling steps is ``1..num_train_timesteps``.
       num_classes: class count of a class-conditional model, else None.
+      null_label: the "no class" id of a model trained with a null class (classifier-free guidance's
+        unconditional half), else None.
       default_sampler, default_steps, default_eta: what to use when the user does not say.
     """
 
@@ -56,9 +58,12 @@ class LoadedModel:
     diffusion: Mapping[str, Any]
     num_train_timesteps: int
     num_classes: int | None = None
+    null_label: int | None = None
     default_sampler: str = "ddim"
     default_steps: int = 50
     default_eta: float = 0.0
+    default_guidance_scale: float = 1.0
+    default_guidance_rescale: float = 0.0
 
     def sample_fn(
         self,
@@ -69,8 +74,14 @@ class LoadedModel:
         batch_size: int = 64,
         intermediates_every: int | None = None,
         microbatch_size: int = 0,
+        class_labels: Sequence[int] | str | None = None,
+        guidance_scale: float | None = None,
+        guidance_rescale: float | None = None,
+        loss_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+        loss_scale: float = 0.0,
     ) -> SampleFn:
-        """A jitted sampler of ``batch_size`` images (``jaxdiff.inference.generate.make_sample_fn``)."""
+        """A jitted sampler of ``batch_size`` images (``jaxdiff.inference.generate.make_sample_fn``, whose
+        arguments these are); ``guidance_scale`` / ``guidance_rescale`` None: the run's defaults."""
         sampling = self.objective.make_sampling(self.diffusion, sampler, num_inference_steps, eta)
         return make_sample_fn(
             self.apply_fn,
@@ -82,6 +93,12 @@ class LoadedModel:
             num_classes=self.num_classes,
             intermediates_every=intermediates_every,
             microbatch_size=microbatch_size,
+            class_labels=class_labels,
+            guidance_scale=self.default_guidance_scale if guidance_scale is None else guidance_scale,
+            guidance_rescale=self.default_guidance_rescale if guidance_rescale is None else guidance_rescale,
+            null_label=self.null_label,
+            loss_fn=loss_fn,
+            loss_scale=loss_scale,
         )
 
 
@@ -145,9 +162,12 @@ def load_workdir(
         diffusion=run.diffusion.to_dict(),
         num_train_timesteps=run.diffusion.num_train_timesteps,
         num_classes=run.num_classes,
+        null_label=run.null_label,
         default_sampler=run.sample.sampler,
         default_steps=run.sample.num_inference_steps,
         default_eta=run.sample.eta,
+        default_guidance_scale=run.sample.guidance_scale,
+        default_guidance_rescale=run.sample.guidance_rescale,
     )
 
 
