@@ -139,7 +139,9 @@ def seconds_per_step(config: ml_collections.ConfigDict, xs: np.ndarray, steps: i
     times = []
     compiled = None
     for idx in batch_indices(len(xs), batch_size, steps + 3, seed):
-        batch = sharding.global_batch({"image": xs[idx], "label": np.zeros(batch_size, np.int32)}, c.batch_sharding)
+        batch = sharding.global_batch(
+            {"image": xs[idx], "label": np.zeros(batch_size, np.int32)}, c.batch_sharding
+        )
         if compiled is None:
             compiled = step.lower(state, batch).compile()
         t0 = time.perf_counter()
@@ -222,7 +224,8 @@ def render(results: dict[str, Any]) -> str:
         for key, s in r["scores"].items():
             name, steps = key.split(":")
             lines.append(
-                f"| {label} | {r['train']['steps']} | {r.get('seconds_per_step', float('nan')):.3f} | {name} | "
+                f"| {label} | {r['train']['steps']} | {r.get('seconds_per_step', float('nan')):.3f} | "
+                f"{name} | "
                 f"{steps} | {s['nfe']} | {s['fd']:.3f} | {s['ratio']:.2f} |"
             )
     return "\n".join(lines)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff.errors import UserError
+from jaxdiff.guidance import LossGuidance
 from jaxdiff.losses import TrainingLoss
 
 __all__ = ["corrupt", "from_scratch_noise", "make_from_scratch_loss", "from_scratch_sample"]
@@ -109,6 +110,7 @@ def from_scratch_sample(
     n_steps: int,
     *,
     return_intermediates: bool = False,
+    loss_guidance: LossGuidance | None = None,
 ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """The course's simple iterative sampler, as one ``lax.scan``.
 
@@ -126,6 +128,9 @@ def from_scratch_sample(
       return_intermediates: also return ``{"x": [n_steps, B, H, W, C], "pred": [n_steps, B, H, W, C]}``,
         the model input and its prediction at every step (the course's ``step_history`` without the final
         output, and ``pred_output_history``).
+      loss_guidance: at each step, move ``x`` along the negative gradient (through the model) of a loss
+        on the prediction, then mix the moved ``x`` with the prediction made at the unmoved one
+        (``jaxdiff.guidance.LossGuidance.guide``).
 
     Returns:
       The final images (``x``'s shape, float32), or ``(images, intermediates)``.
@@ -135,10 +140,17 @@ def from_scratch_sample(
     x = jnp.asarray(x, jnp.float32)
     t = jnp.zeros((x.shape[0],), jnp.int32)
 
+    def predict(x_t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        pred = apply_fn(params, x_t, t).astype(jnp.float32)
+        return pred, pred
+
     def step(x, i):
-        pred = apply_fn(params, x, t).astype(jnp.float32)
+        if loss_guidance is None:
+            x_step, pred = x, predict(x)[1]
+        else:
+            x_step, pred = loss_guidance.guide(x, t, predict)
         mix_factor = 1.0 / (n_steps - i).astype(jnp.float32)
-        return x * (1 - mix_factor) + pred * mix_factor, {"x": x, "pred": pred}
+        return x_step * (1 - mix_factor) + pred * mix_factor, {"x": x, "pred": pred}
 
     x, history = jax.lax.scan(step, x, jnp.arange(n_steps, dtype=jnp.int32))
     return (x, history) if return_intermediates else x

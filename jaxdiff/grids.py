@@ -17,7 +17,14 @@ from PIL import Image
 
 from jaxdiff.errors import UserError
 
-__all__ = ["to_uint8", "make_grid", "save_grid", "make_process_strip", "save_process_strip"]
+__all__ = [
+    "to_uint8",
+    "make_grid",
+    "save_grid",
+    "make_process_strip",
+    "save_process_strip",
+    "rows_by_class",
+]
 
 # Upscale images smaller than this (pixels per side) by an integer factor.
 _MIN_VIEW_SIZE = 64
@@ -66,6 +73,25 @@ def make_grid(
         top, left = padding + r * (h + padding), padding + q * (w + padding)
         grid[top : top + h, left : left + w] = x[i]
     return grid
+
+
+def rows_by_class(images: Any, labels: Any) -> tuple[np.ndarray, int]:
+    """Reorder ``[N, H, W, C]`` images so that each grid row holds one class: the classes in order of first
+    appearance in ``labels`` (int ``[N]``), each row its images in their order. Returns ``(images, ncol)``
+    with ``ncol`` the largest class count; shorter rows are padded with blank (black, -1) images.
+
+    For ``labels[i] = class_labels[i % K]`` and ``N = K * n`` that is K rows of n images.
+    """
+    x = np.asarray(images, np.float32)
+    labels = np.asarray(labels)
+    if labels.shape != x.shape[:1]:
+        raise UserError(f"labels {labels.shape} must be [N] for images {x.shape}")
+    order = list(dict.fromkeys(labels.tolist()))
+    groups = [x[labels == c] for c in order]
+    ncol = max(len(g) for g in groups)
+    blank = np.full((1, *x.shape[1:]), -1.0, np.float32)
+    rows = [np.concatenate([g, np.repeat(blank, ncol - len(g), axis=0)]) for g in groups]
+    return np.concatenate(rows), ncol
 
 
 def png_bytes(array: np.ndarray) -> bytes:

@@ -36,6 +36,7 @@ import numpy as np
 
 from jaxdiff import corruption, denoisers, losses, samplers, schedules
 from jaxdiff.errors import UserError
+from jaxdiff.guidance import LossGuidance
 from jaxdiff.losses import TrainingLoss
 
 __all__ = [
@@ -67,8 +68,10 @@ class Sampling:
     Attributes:
       num_steps: the loop's iterations (the length of recorded intermediates).
       initial_noise: ``(key, shape) -> x_T`` float32.
-      run: ``(model_fn, x_T, key, intermediates_every) -> x0`` or ``(x0, {"x_t", "pred_x0"})`` with
-        ``model_fn(x, t) -> model output`` (``[B, H, W, C]``, ``t`` ``[B]``), all inside one ``lax.scan``.
+      run: ``(model_fn, x_T, key, intermediates_every, loss_guidance=None) -> x0`` or
+        ``(x0, {"x_t", "pred_x0"})`` with ``model_fn(x, t) -> model output`` (``[B, H, W, C]``, ``t``
+        ``[B]``), all inside one ``lax.scan``; ``loss_guidance`` (``jaxdiff.guidance.LossGuidance``) steers
+        every model evaluation with a loss on the predicted ``x0`` (``samplers.sample``).
       scheduler: the scheduler config it follows, or None.
     """
 
@@ -187,8 +190,16 @@ def _scheduler_sampling(config: dict[str, Any], num_steps: int, **overrides: Any
     """A registered sampler's scan (``samplers.sample``) for a scheduler config (and call options)."""
     smp = samplers.from_diffusers_config(config, int(num_steps), **overrides)
 
-    def run(model_fn: ModelFn, x: jax.Array, key: jax.Array, intermediates_every: int | None) -> Any:
-        out = samplers.sample(smp, model_fn, x, key, intermediates_every=intermediates_every)
+    def run(
+        model_fn: ModelFn,
+        x: jax.Array,
+        key: jax.Array,
+        intermediates_every: int | None,
+        loss_guidance: LossGuidance | None = None,
+    ) -> Any:
+        out = samplers.sample(
+            smp, model_fn, x, key, intermediates_every=intermediates_every, loss_guidance=loss_guidance
+        )
         if intermediates_every is None:
             return out
         return out[0], {"x_t": out[1]["x_t"], "pred_x0": out[1]["pred_x0"]}
@@ -421,11 +432,22 @@ def _from_scratch_sampling(
     del diffusion, sampler, eta  # one sampler, no schedule
     steps = int(num_steps)
 
-    def run(model_fn: ModelFn, x: jax.Array, key: jax.Array, intermediates_every: int | None) -> Any:
+    def run(
+        model_fn: ModelFn,
+        x: jax.Array,
+        key: jax.Array,
+        intermediates_every: int | None,
+        loss_guidance: LossGuidance | None = None,
+    ) -> Any:
         del key  # deterministic
         apply_fn = lambda params, x_t, t: model_fn(x_t, t)  # noqa: E731
         out = corruption.from_scratch_sample(
-            apply_fn, None, x, steps, return_intermediates=intermediates_every is not None
+            apply_fn,
+            None,
+            x,
+            steps,
+            return_intermediates=intermediates_every is not None,
+            loss_guidance=loss_guidance,
         )
         if intermediates_every is None:
             return out

@@ -252,6 +252,11 @@ class SampleOptions:
         lambda v: v >= 0,
         "use 0 (automatic) or a positive integer that divides the per-device sample batch",
     )
+    # Classifier-free guidance of a model trained with a null class (jaxdiff.guidance): 1 is off.
+    guidance_scale: float = _field(1.0, "float", lambda v: v >= 0, "use a number >= 0 (1 = no guidance)")
+    guidance_rescale: float = _field(
+        0.0, "float", lambda v: 0 <= v <= 1, "use a number in [0, 1] (Lin et al. 2023's phi; 0 = off)"
+    )
 
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainOptions))
@@ -504,9 +509,16 @@ def parse_run_config(config: Any, *, log: Callable[[str], None] | None = None) -
     log = log or logger.warning
     train = _derive_warmup(train, log)
     train = _derive_eval(train, data, log)
-    return RunConfig(
+    run = RunConfig(
         seed=seed, data=data, model=model, diffusion=diffusion, train=train, sample=sample, source=config
     )
+    _check(
+        sample.guidance_scale == 1 or run.null_label is not None,
+        "sample.guidance_scale",
+        sample.guidance_scale,
+        "classifier-free guidance needs a class-conditional model trained with a null class; use 1",
+    )
+    return run
 
 
 def validate_config(config: Any) -> None:

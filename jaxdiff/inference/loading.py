@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -62,6 +62,8 @@ class LoadedModel:
     default_sampler: str = "ddim"
     default_steps: int = 50
     default_eta: float = 0.0
+    default_guidance_scale: float = 1.0
+    default_guidance_rescale: float = 0.0
 
     def sample_fn(
         self,
@@ -72,8 +74,14 @@ class LoadedModel:
         batch_size: int = 64,
         intermediates_every: int | None = None,
         microbatch_size: int = 0,
+        class_labels: Sequence[int] | str | None = None,
+        guidance_scale: float | None = None,
+        guidance_rescale: float | None = None,
+        loss_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+        loss_scale: float = 0.0,
     ) -> SampleFn:
-        """A jitted sampler of ``batch_size`` images (``jaxdiff.inference.generate.make_sample_fn``)."""
+        """A jitted sampler of ``batch_size`` images (``jaxdiff.inference.generate.make_sample_fn``, whose
+        arguments these are); ``guidance_scale`` / ``guidance_rescale`` None: the run's defaults."""
         sampling = self.objective.make_sampling(self.diffusion, sampler, num_inference_steps, eta)
         return make_sample_fn(
             self.apply_fn,
@@ -85,6 +93,12 @@ class LoadedModel:
             num_classes=self.num_classes,
             intermediates_every=intermediates_every,
             microbatch_size=microbatch_size,
+            class_labels=class_labels,
+            guidance_scale=self.default_guidance_scale if guidance_scale is None else guidance_scale,
+            guidance_rescale=self.default_guidance_rescale if guidance_rescale is None else guidance_rescale,
+            null_label=self.null_label,
+            loss_fn=loss_fn,
+            loss_scale=loss_scale,
         )
 
 
@@ -152,6 +166,8 @@ def load_workdir(
         default_sampler=run.sample.sampler,
         default_steps=run.sample.num_inference_steps,
         default_eta=run.sample.eta,
+        default_guidance_scale=run.sample.guidance_scale,
+        default_guidance_rescale=run.sample.guidance_rescale,
     )
 
 

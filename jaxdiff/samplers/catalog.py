@@ -4,7 +4,8 @@ A sampler module provides ``CLASS_NAME``, ``KIND``, ``ENTRIES`` (its ``SamplerEn
 ``DEFAULTS`` / ``CALL_DEFAULTS`` / ``IMPLEMENTED`` (its diffusers config keys and call options, and
 those it implements beyond their defaults), ``build(cfg, num_inference_steps) -> Sampler``, and the step
 functions ``init_state``, ``scale_model_input`` and ``update`` that ``samplers/scan.py`` runs in its
-``lax.scan``. Adding a sampler: write its module and add it to ``MODULES``.
+``lax.scan`` (optionally ``first_stage(sampler, i) -> bool``: a multi-stage sampler's iterations that loss
+guidance moves; all when absent). Adding a sampler: write its module and add it to ``MODULES``.
 """
 
 from __future__ import annotations

@@ -135,6 +135,12 @@ def scale_model_input(sampler: Sampler, i: jax.Array, x: jax.Array) -> jax.Array
     return x * edm_preconditioning(sampler.tables["sigma"][i], sampler.options.sigma_data).c_in
 
 
+def first_stage(sampler: Sampler, i: jax.Array) -> jax.Array:
+    """Whether iteration ``i`` is a step's first stage (its Euler step, even ``i``), where loss guidance
+    moves ``x`` (``samplers/scan.py``); bool scalar."""
+    return i % 2 == 0
+
+
 def update(
     sampler: Sampler,
     i: jax.Array,

@@ -129,6 +129,12 @@ def scale_model_input(sampler: Sampler, i: jax.Array, x: jax.Array) -> jax.Array
     return x / ((sigma**2 + 1) ** 0.5)
 
 
+def first_stage(sampler: Sampler, i: jax.Array) -> jax.Array:
+    """Whether iteration ``i`` is a step's first stage (its predictor, even ``i``), where loss guidance
+    moves ``x`` (``samplers/scan.py``); bool scalar."""
+    return i % 2 == 0
+
+
 def update(
     sampler: Sampler, i: jax.Array, x: jax.Array, model_output: jax.Array, state: tuple, noise: None
 ) -> tuple[jax.Array, jax.Array, tuple]:

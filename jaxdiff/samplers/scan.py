@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.errors import UserError
+from jaxdiff.guidance import LossGuidance
 from jaxdiff.samplers.base import Sampler, step_noise
 from jaxdiff.samplers.catalog import BY_KIND
 
@@ -28,6 +29,7 @@ def sample(
     key: jax.Array | None = None,
     *,
     intermediates_every: int | None = None,
+    loss_guidance: LossGuidance | None = None,
 ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Run the reverse process from noise to data, as a diffusers pipeline would.
 
@@ -47,6 +49,15 @@ def sample(
         step ``i``); may be None for deterministic ones.
       intermediates_every: if ``k`` is given, also record the input ``x_t`` and the predicted ``x_0``
         at steps ``0, k, 2k, ...`` and at the last step (``recorded_steps``).
+      loss_guidance: steer each step with a loss on the predicted ``x_0``: the model output at ``x``, the
+        ``x_0`` of this iteration's update (with the current state, which is not advanced by it), the
+        gradient of the loss with respect to ``x`` through both, then ``x <- x - scale * grad`` and the
+        iteration's update from the moved ``x`` with the same model output
+        (``jaxdiff.guidance.LossGuidance``; the course's order of operations). Every iteration is guided,
+        except the correction iterations of second-order samplers (Heun, EDM's Algorithm 2: their module's
+        ``first_stage(sampler, i)`` is False there): a correction re-evaluates the model at the predicted
+        point but steps from the stage's start, so a move there would not carry forward (it would only
+        tilt the averaged slope, against the loss). The recorded ``x_t`` is the unmoved input.
 
     Returns:
       ``x_0`` float32 with ``x_T``'s shape; with ``intermediates_every``, ``(x_0, intermediates)`` where
@@ -71,9 +82,30 @@ def sample(
     def body(carry, i):
         x, state, record = carry
         t = jnp.broadcast_to(sampler.timesteps[i], batch)
-        model_output = model_fn(kind.scale_model_input(sampler, i, x), t).astype(jnp.float32)
         noise = step_noise(key, i, x.shape) if stochastic else None
-        x_prev, x0, state = kind.update(sampler, i, x, model_output, state, noise)
+
+        def output_at(x_t: jax.Array) -> jax.Array:
+            return model_fn(kind.scale_model_input(sampler, i, x_t), t).astype(jnp.float32)
+
+        if loss_guidance is None:
+            x_step, model_output = x, output_at(x)
+        else:
+
+            def predict(x_t: jax.Array) -> tuple[jax.Array, jax.Array]:
+                out = output_at(x_t)
+                return kind.update(sampler, i, x_t, out, state, noise)[1], out
+
+            def guided() -> tuple[jax.Array, jax.Array]:
+                return loss_guidance.guide(x, t, predict)
+
+            first_stage = getattr(kind, "first_stage", None)
+            if first_stage is None:
+                x_step, model_output = guided()
+            else:  # a second-order sampler: its correction iterations are not guided
+                x_step, model_output = jax.lax.cond(
+                    first_stage(sampler, i), guided, lambda: (x, output_at(x))
+                )
+        x_prev, x0, state = kind.update(sampler, i, x_step, model_output, state, noise)
         if record is not None:
             # Slot ceil(i / k) is last written at step i = slot * k (or at the final step).
             slot = (i + every - 1) // every
