@@ -10,7 +10,8 @@ of its curve: Fréchet distance to the held-out digits in the digit classifier's
 floor, against the number of model evaluations (NFE). Sample grids (PNG) and ``results.json`` go to
 ``--out``.
 
-  python benchmarks/recipes.py                                  # the default comparison (~60 min)
+  python benchmarks/recipes.py                                  # the default comparison (~70 min)
+  python benchmarks/recipes.py --recipe cond=configs/digits_cond.py   # accuracy / FD against guidance
   python benchmarks/recipes.py --recipe edm=configs/digits_edm.py --steps edm=200 --num_samples 100  # smoke
 
 ``--steps label=N`` skips the timing and trains ``N`` steps: the training then does not depend on the
@@ -42,15 +43,16 @@ import jaxdiff  # noqa: E402,F401  (jaxdiff's CPU XLA flags before JAX picks a b
 from benchmarks.quality import batch_indices, to_float  # noqa: E402
 from jaxdiff import sharding  # noqa: E402
 from jaxdiff.evaluation.digits import digits_metric  # noqa: E402
-from jaxdiff.grids import save_grid, to_uint8  # noqa: E402
+from jaxdiff.grids import rows_by_class, save_grid, to_uint8  # noqa: E402
 from jaxdiff.inference.generate import generate, make_sample_fn  # noqa: E402
 from jaxdiff.run_config import default_config  # noqa: E402
 from jaxdiff.training import components  # noqa: E402
 
 DEFAULT_RECIPES = (
-    "digits=configs/digits.py",
-    "digits_edm=configs/digits_edm.py",
-    "digits_flow=configs/digits_flow.py",
+    "ddpm=configs/digits_ddpm.py",
+    "ddpm_v=configs/digits_ddpm.py:diffusion.prediction_type=v_prediction",
+    "edm=configs/digits_edm.py",
+    "flow=configs/digits_flow.py",
     "diffusers_user=diffusers_user",
 )
 
@@ -212,6 +214,53 @@ def score_samplers(c, params, curve, feats, n: int, chunk: int, seed: int, out: 
     return scores
 
 
+def score_guidance(c, params, scales, feats, n: int, chunk: int, seed: int, out: str, label: str) -> dict:
+    """A class-conditional recipe at each classifier-free guidance scale, with its configured sampler:
+    image ``i`` asks for class ``i % K``; the digit classifier's accuracy on them (overall and per class)
+    and the Fréchet distance of the whole set (the quality / faithfulness trade-off)."""
+    run = c.run
+    k = run.num_classes
+    sampling = run.objective.make_sampling(
+        run.diffusion.to_dict(), run.sample.sampler, run.sample.num_inference_steps, run.sample.eta
+    )
+    shardings = jax.tree.map(lambda _: sharding.replicated(c.mesh), params)
+    rows = {}
+    for scale in scales:
+        fn = make_sample_fn(
+            c.apply_fn,
+            sampling,
+            image_shape=run.image_shape,
+            mesh=c.mesh,
+            param_sharding=shardings,
+            batch_size=chunk,
+            num_classes=k,
+            class_labels=tuple(range(k)),
+            guidance_scale=scale,
+            guidance_rescale=run.sample.guidance_rescale,
+            null_label=run.null_label,
+        )
+        x = generate(fn, params, seed=seed, num_samples=n)
+        asked = fn.image_labels(n)
+        u8 = to_uint8(x)
+        predicted = feats.predict(u8)
+        per_class = [float(np.mean(predicted[asked == j] == j)) for j in range(k)]
+        fd = feats.fd(u8)
+        rows[str(scale)] = {
+            "accuracy": float(np.mean(predicted == asked)),
+            "per_class_accuracy": per_class,
+            "fd": fd,
+            "ratio": fd / feats.floor,
+        }
+        print(
+            f"  guidance {scale:4.1f}  accuracy {rows[str(scale)]['accuracy']:.3f} (worst class "
+            f"{min(per_class):.3f})  FD {fd:7.3f} ({fd / feats.floor:4.2f}x floor)",
+            flush=True,
+        )
+        grid, ncol = rows_by_class(x[: 8 * k], asked[: 8 * k])
+        save_grid(os.path.join(out, f"{label}_guidance_{scale}.png"), grid, nrow=ncol)
+    return rows
+
+
 def render(results: dict[str, Any]) -> str:
     lines = [
         f"Fréchet distance to {results['heldout_size']} held-out digits (classifier feature space), as a "
@@ -228,6 +277,23 @@ def render(results: dict[str, Any]) -> str:
                 f"{name} | "
                 f"{steps} | {s['nfe']} | {s['fd']:.3f} | {s['ratio']:.2f} |"
             )
+    for label, r in results["recipes"].items():
+        if not r.get("guidance"):
+            continue
+        lines += [
+            "",
+            f"{label}: classifier-free guidance, {r['sampler']}; accuracy = share of samples the digit "
+            "classifier reads as the class asked for",
+            "",
+            "| guidance scale | accuracy | worst class | per class (0..K-1) | FD | x floor |",
+            "|---|---|---|---|---|---|",
+        ]
+        for scale, g in r["guidance"].items():
+            per = " ".join(f"{a:.2f}" for a in g["per_class_accuracy"])
+            lines.append(
+                f"| {scale} | {g['accuracy']:.3f} | {min(g['per_class_accuracy']):.3f} | {per} | "
+                f"{g['fd']:.3f} | {g['ratio']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -237,7 +303,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget_s", type=float, default=420.0, help="training seconds per recipe")
     p.add_argument("--steps", action="append", default=[], help="LABEL=N: train N steps, no timing")
     p.add_argument("--time_steps", type=int, default=20, help="timed steps per recipe")
+    p.add_argument("--time_only", action="store_true", help="time the recipes, print their --steps, stop")
     p.add_argument("--curve", action="append", default=[], help="LABEL=SAMPLER:N,N;... per recipe")
+    p.add_argument("--guidance_scales", default="1,1.5,2,3,4", help="for class-conditional recipes")
     p.add_argument("--holdout", type=int, default=400)
     p.add_argument("--num_samples", type=int, default=None, help="images per scored set (default: --holdout)")
     p.add_argument("--sample_chunk", type=int, default=200)
@@ -269,19 +337,33 @@ def main(argv: list[str] | None = None) -> None:
         if label not in fixed_steps:
             per_step[label] = seconds_per_step(config, xs, args.time_steps, args.seed)
             print(f"{label}: {per_step[label] * 1e3:.1f} ms/step", flush=True)
+    steps_for = {
+        label: fixed_steps.get(label) or max(1, int(args.budget_s / per_step[label])) for label, _ in recipes
+    }
+    print("step counts: " + " ".join(f"--steps {k}={v}" for k, v in steps_for.items()), flush=True)
+    if args.time_only:
+        return
     for label, config in recipes:
-        steps = fixed_steps.get(label) or max(1, int(args.budget_s / per_step[label]))
+        steps = steps_for[label]
         print(f"[{time.strftime('%H:%M:%S')}] training {label}: {steps} steps", flush=True)
         c, params, info = train(config, xs, labels, steps, args.seed)
         print(f"  {info}", flush=True)
         objective = c.run.diffusion.objective
         curve = parse_curve(curves.get(label) or DEFAULT_CURVES.get(objective, DEFAULT_CURVES["ddpm"]))
         scores = score_samplers(c, params, curve, feats, n, args.sample_chunk, args.seed, args.out, label)
+        guidance = {}
+        if c.run.null_label is not None:
+            scales = [float(v) for v in args.guidance_scales.split(",")]
+            guidance = score_guidance(
+                c, params, scales, feats, n, args.sample_chunk, args.seed, args.out, label
+            )
         results["recipes"][label] = {
             "config": c.run.source.to_dict(),
             "seconds_per_step": per_step.get(label, float("nan")),
             "train": info,
             "scores": scores,
+            "sampler": f"{c.run.sample.sampler} {c.run.sample.num_inference_steps} steps",
+            "guidance": guidance,
         }
         with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1, default=str)

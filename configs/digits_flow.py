@@ -1,8 +1,8 @@
-"""The offline digits run (``configs/digits.py``) trained with flow matching / rectified flow.
+"""The digits recipe of ``configs/digits_ddpm.py`` trained with flow matching / rectified flow.
 
 ``python train.py --config configs/digits_flow.py``
 
-The same UNet2DModel (32, 64, 64), optimiser, EMA, steps and evaluation as ``configs/digits.py``, so the
+The same UNet2DModel (32, 64, 64), optimiser, EMA, steps and evaluation as ``configs/digits_ddpm.py``, so the
 two compare at equal CPU time; only the objective differs: ``x_s = (1 - s) x0 + s noise``, the network
 predicts the velocity ``noise - x0`` at time input ``1000 s``, training times logit-normal (SD3's
 ``m = 0, s = 1``, no shift), sampled with ``FlowMatchEulerDiscreteScheduler`` (50 Euler steps). The
@@ -11,11 +11,11 @@ diffusers export is a ``FlowMatchEulerDiscreteScheduler`` pipeline.
 
 import ml_collections
 
-from configs import digits
+from configs import digits_ddpm
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = digits.get_config()  # the same data, UNet, optimiser, EMA, steps and evaluation
+    config = digits_ddpm.get_config()  # the same data, UNet, optimiser, EMA, steps and evaluation
 
     diffusion = config.diffusion
     diffusion.objective = "flow"

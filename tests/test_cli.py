@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow  # end to end: subprocesses, whole runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# A tiny UNet and a 4-step run, as command-line overrides of configs/digits.py.
+# A tiny UNet and a 4-step run, as command-line overrides of configs/digits_ddpm.py.
 TINY = [
     "--config.model.block_out_channels=(8,16)",
     "--config.model.down_block_types=('DownBlock2D','AttnDownBlock2D')",
@@ -75,7 +75,9 @@ def trained(tmp_path_factory, env):
     with open(root / "cli_run.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not record.exists():
-            result = run(["train.py", "--config", "configs/digits.py", "--workdir", str(workdir), *TINY], env)
+            result = run(
+                ["train.py", "--config", "configs/digits_ddpm.py", "--workdir", str(workdir), *TINY], env
+            )
             record.write_text(json.dumps({"returncode": result.returncode, "stderr": result.stderr}))
     done = json.loads(record.read_text())
     assert done["returncode"] == 0, done["stderr"][-3000:]
@@ -184,7 +186,7 @@ def test_train_cli_on_an_image_folder(env, tmp_path):
         pixels = rng.integers(0, 256, size=(size[1], size[0], 3 if mode == "RGB" else 1), dtype=np.uint8)
         Image.fromarray(pixels.squeeze(), mode=mode).save(folder / f"img{i}.png")
     workdir = tmp_path / "run"
-    args = ["train.py", "--config", "configs/digits.py", "--workdir", str(workdir), *TINY]
+    args = ["train.py", "--config", "configs/digits_ddpm.py", "--workdir", str(workdir), *TINY]
     args += [f"--config.data.source=folder:{tmp_path / 'images'}"]
     result = run(args, env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -212,7 +214,7 @@ def test_bad_input_is_one_line_exit_2(trained, env, tmp_path):
     unet_config = json.loads((bad_unet / "config.json").read_text())
     unet_config["down_block_types"] = ["DownBlock2D", "CrossAttnDownBlock2D"]
     (bad_unet / "config.json").write_text(json.dumps(unet_config))
-    digits = ["train.py", "--config", "configs/digits.py", "--workdir", str(tmp_path / "w"), *TINY]
+    digits = ["train.py", "--config", "configs/digits_ddpm.py", "--workdir", str(tmp_path / "w"), *TINY]
     cases = [
         (digits + ["--config.train.foo=1"], {}, "unknown config key 'train.foo'"),
         (digits + ["--config.train.batch_size=abc"], {}, "--config.train.batch_size=abc"),
@@ -230,7 +232,7 @@ def test_bad_input_is_one_line_exit_2(trained, env, tmp_path):
             [
                 "train.py",
                 "--config",
-                "configs/digits.py",
+                "configs/digits_ddpm.py",
                 "--workdir",
                 str(workdir),
                 *TINY,

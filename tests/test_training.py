@@ -26,9 +26,9 @@ def _module_compilation_cache(compilation_cache):
 
 
 def tiny_config(**train):
-    """configs/digits.py with a tiny UNet (8/16 channels, attention at 8x8) and a few steps: the same run
+    """configs/digits_ddpm.py with a tiny UNet (8/16 channels, attention at 8x8) and a few steps: the same run
     as test_cli.py's ``TINY`` flags, so both compile it once (shared XLA cache)."""
-    config = load_config("digits")
+    config = load_config("digits_ddpm")
     model = config.model
     model.block_out_channels = (8, 16)
     model.down_block_types = ("DownBlock2D", "AttnDownBlock2D")
@@ -578,7 +578,7 @@ def test_a_warmup_longer_than_the_run_is_derived_not_refused():
     from jaxdiff.run_config import parse_run_config
     from jaxdiff.training.optimizer import make_lr_schedule
 
-    config = load_config("digits")
+    config = load_config("digits_ddpm")
     config.train.num_steps = 20
     said = []
     run = parse_run_config(config, log=said.append)

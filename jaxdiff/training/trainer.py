@@ -107,14 +107,18 @@ def _grid_writer(run: RunConfig, c: Components, workdir: str) -> Callable[[int, 
         batch_size=min(s.batch_size, s.num_samples),
     )
 
+    labels = fn.image_labels(s.num_samples)
+
     def write(step: int, params: Any) -> str:
         images = generate(fn, params, seed=s.seed, num_samples=s.num_samples)
+        nrow = None
+        if labels is not None:  # a class-conditional model: one row per class
+            images, nrow = grids.rows_by_class(images, labels)
         path = _grid_path(workdir, step)
         if _primary():
             with _storage_errors(path):
-                write_bytes_atomic(
-                    workdir, os.path.relpath(path, workdir), grids.png_bytes(grids.make_grid(images))
-                )
+                grid = grids.make_grid(images, nrow=nrow)
+                write_bytes_atomic(workdir, os.path.relpath(path, workdir), grids.png_bytes(grid))
         return path
 
     return write
