@@ -328,8 +328,8 @@ print(f"python sample.py --workdir {finetune_dir} --sampler ddim --steps 40 --nu
 # - jaxdiff applies the loss to **each image alone** and sums, so an image's move does not depend on the batch
 #   size or the device count. The course's loss is a batch mean, so its scale is divided by the batch size:
 #   the course's `guidance_loss_scale = 40` for 8 images is `loss_scale = 5` here.
-# - Use DDIM or DDPM, as the course does. Samplers that start at $t = 999$ (DPM-Solver++, UniPC with
-#   `trailing` spacing) see very large $\hat x_0$ gradients there, so a scale that suits DDIM overshoots.
+# - Use DDIM or DDPM, as the course does. DPM-Solver++ and UniPC start at $t = 999$, where the predicted
+#   $\hat x_0$ (and so the loss's gradient) is amplified most: a scale that suits DDIM overshoots there.
 
 
 # %%
