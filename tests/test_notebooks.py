@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow  # end to end: subprocesses, whole runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ["01_introduction_to_jaxdiff", "02_diffusion_models_from_scratch"]
+NAMES = ["01_introduction_to_jaxdiff", "02_diffusion_models_from_scratch", "03_fine_tuning_and_guidance"]
 KERNEL_NAME = "jaxdiff-notebook-test"
 
 # A code cell that shows a figure at top level (not inside a branch that may be skipped).
@@ -109,3 +109,21 @@ def test_notebook_runs_and_renders_its_figures(name, kernel_env):
         torch_vs_jax = _printed(notebook, "UNet, PyTorch vs JAX, largest difference:")
         assert torch_vs_jax is None or torch_vs_jax < 1e-4
         assert (kernel_env / "my_pipeline" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+
+    if name == "03_fine_tuning_and_guidance":
+        # Fine-tuning moved the base model's weights; loss guidance moved the samples the loss's way (same
+        # seed, same model, by a margin); the export keeps the class embedding and the null label.
+        assert _printed(notebook, "fine-tuned vs base weights, largest difference:") > 1e-4
+        unguided = _printed(notebook, "mean brightness, unguided:")
+        assert _printed(notebook, "with brightness guidance:") > unguided + 0.1
+        left = _printed(notebook, "pattern guidance: mean of the left half")
+        assert left > _printed(notebook, "of the right half") + 0.2
+        for scale in ("1", "2", "4"):  # printed for each guidance scale; tiny FAST models: no bound
+            assert 0 <= _printed(notebook, f"class accuracy at guidance {scale}:") <= 1
+        assert _printed(notebook, "reloaded export, number of classes:") == 10
+        assert _printed(notebook, "reloaded export, null label:") == 10
+        export_dir = kernel_env / "workdirs_03" / "digits_cond" / "diffusers"
+        assert json.loads((export_dir / "jaxdiff.json").read_text())["null_label"] == 10
+        assert json.loads((export_dir / "unet" / "config.json").read_text())["num_class_embeds"] == 11
+        torch_vs_jax = _printed(notebook, "conditional UNet, PyTorch vs JAX, largest difference:")
+        assert torch_vs_jax is None or torch_vs_jax < 1e-4
