@@ -70,10 +70,6 @@ from jaxdiff.inference import generate, load_pretrained, load_workdir
 from jaxdiff.run_config import default_config
 from jaxdiff.training.trainer import train_and_evaluate
 
-# Importing the trainer switches matplotlib to its Agg backend (jaxdiff.evaluation.scoring calls
-# matplotlib.use("Agg") when imported): switch the notebook back to inline figures.
-# %matplotlib inline
-
 # FAST: tiny settings so that a test can run the whole notebook in a minute or two. Leave it unset.
 FAST = os.environ.get("JAXDIFF_NOTEBOOK_FAST", "0") == "1"
 print(f"jaxdiff {jaxdiff.__version__}, JAX {jax.__version__}, devices {jax.devices()}")

@@ -24,12 +24,11 @@ from jaxdiff.evaluation.statistics import (
 )
 
 try:  # the sweep's plot is optional: matplotlib is in the "test" / "notebooks" extras
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure (no pyplot, no matplotlib.use): importing this module leaves the caller's backend
+    # alone, e.g. a notebook's inline one.
+    from matplotlib.figure import Figure
 except ImportError:
-    plt = None
+    Figure = None
 
 __all__ = [
     "METRICS",
@@ -155,8 +154,9 @@ def write_sweep(rows: Sequence[dict[str, Any]], out_dir: str, score_key: str, ti
     with open(md_path, "w") as f:
         f.write("\n".join(lines) + "\n")
     written = [md_path, json_path]
-    if plt is not None:
-        figure, axes = plt.subplots(figsize=(5, 3.5))
+    if Figure is not None:
+        figure = Figure(figsize=(5, 3.5))
+        axes = figure.subplots()
         for sampler in dict.fromkeys(row["sampler"] for row in rows):
             points = sorted((row["nfe"], row[score_key]) for row in rows if row["sampler"] == sampler)
             axes.plot(*zip(*points, strict=True), marker="o", label=sampler)
@@ -170,6 +170,5 @@ def write_sweep(rows: Sequence[dict[str, Any]], out_dir: str, score_key: str, ti
         figure.tight_layout()
         png_path = os.path.join(out_dir, "sweep.png")
         figure.savefig(png_path, dpi=100)
-        plt.close(figure)
         written.append(png_path)
     return written
