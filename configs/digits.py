@@ -18,7 +18,7 @@ from configs import digits_edm
 
 def get_config() -> ml_collections.ConfigDict:
     config = digits_edm.get_config()
-    config.train.num_steps = 2400
-    config.train.sample_every = 800
+    config.train.num_steps = 2500
+    config.train.sample_every = 1250
     config.train.eval_every = config.train.num_steps  # score the samples at the end
     return config
