@@ -13,6 +13,9 @@ scores about that. Each sampler (DDPM, DDIM, DPM-Solver++, Euler) is scored at s
 Every set of images is the same size (``--num_samples``, default: the held-out size), which keeps the
 estimator's small-sample bias the same for all rows. Sample grids (PNG) go to ``--out``.
 
+Which recipe (DDPM, EDM, flow matching, a diffusers user's) gives the best digits for the same CPU time is
+``benchmarks/recipes.py``'s question; this script compares the two libraries on one recipe.
+
   python benchmarks/quality.py                        # ~35-40 min on 2 CPU cores
   python benchmarks/quality.py --train_steps 300 --curve "ddim:10,50" --num_samples 200   # a smoke run
 """
