@@ -12,7 +12,7 @@ floor, against the number of model evaluations (NFE). Sample grids (PNG) and ``r
 
   python benchmarks/recipes.py                                  # the default comparison (~70 min)
   python benchmarks/recipes.py --recipe cond=configs/digits_cond.py   # accuracy / FD against guidance
-  python benchmarks/recipes.py --recipe edm=configs/digits_edm.py --steps edm=200 --num_samples 100  # smoke
+  python benchmarks/recipes.py --recipe edm=configs/digits_edm.py --steps edm=200 --num_samples 100   # smoke
 
 ``--steps label=N`` skips the timing and trains ``N`` steps: the training then does not depend on the
 machine's load, so a comparison can be re-run anywhere with the step counts a quiet run chose.
@@ -93,11 +93,12 @@ def _parse_value(text: str) -> Any:
 
 
 def load_recipe(spec: str) -> tuple[str, ml_collections.ConfigDict]:
-    """``label=path.py[:key=value,key=value]`` (or ``label=diffusers_user``) -> (label, config)."""
+    """``label=path.py[:key=value;key=value]`` (or ``label=diffusers_user``) -> (label, config); values are
+    JSON where they parse (``model.block_out_channels=[8,16]``), else strings."""
     label, _, rest = spec.partition("=")
     path, _, overrides = rest.partition(":")
     if not label or not path:
-        raise SystemExit(f"error: --recipe {spec!r} is not LABEL=CONFIG.py[:key=value,...]")
+        raise SystemExit(f"error: --recipe {spec!r} is not LABEL=CONFIG.py[:key=value;...]")
     if path == "diffusers_user":
         config = diffusers_user_config()
     else:
@@ -107,7 +108,7 @@ def load_recipe(spec: str) -> tuple[str, ml_collections.ConfigDict]:
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
         config = module.get_config()
-    for item in filter(None, overrides.split(",")):
+    for item in filter(None, overrides.split(";")):
         key, _, value = item.partition("=")
         section = config
         *parents, leaf = key.split(".")
@@ -299,7 +300,7 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--recipe", action="append", help="LABEL=CONFIG.py[:key=value,...] (repeatable)")
+    p.add_argument("--recipe", action="append", help="LABEL=CONFIG.py[:key=value;...] (repeatable)")
     p.add_argument("--budget_s", type=float, default=420.0, help="training seconds per recipe")
     p.add_argument("--steps", action="append", default=[], help="LABEL=N: train N steps, no timing")
     p.add_argument("--time_steps", type=int, default=20, help="timed steps per recipe")

@@ -106,3 +106,37 @@ def test_gpu_check_script_without_an_output_folder_is_a_usage_error():
         timeout=60,
     )
     assert result.returncode == 2 and result.stderr.startswith("usage:")
+
+
+def test_recipes_script_scores_samplers_and_guidance(tmp_path):
+    """A tiny class-conditional recipe: trained for fixed steps, scored with a sampler and at two guidance
+    scales; the table, the per-class accuracies and the grids are written."""
+    tiny = (
+        'model.block_out_channels=[8,16];model.down_block_types=["DownBlock2D","AttnDownBlock2D"];'
+        'model.up_block_types=["AttnUpBlock2D","UpBlock2D"];model.norm_num_groups=4;'
+        "model.attention_head_dim=4;train.batch_size=8;train.warmup_steps=1"
+    )
+    out = tmp_path / "recipes"
+    table = run_script(
+        "recipes.py",
+        "--recipe", f"c=configs/digits_cond.py:{tiny}",
+        "--steps", "c=2",
+        "--curve", "c=edm:2",
+        "--guidance_scales", "1,2",
+        "--num_samples", "20",
+        "--sample_chunk", "10",
+        "--out", str(out),
+    )  # fmt: skip
+    assert "| c | 2 |" in table and "| edm | 2 | 3 |" in table
+    result = json.loads((out / "results.json").read_text())
+    guidance = result["recipes"]["c"]["guidance"]
+    assert sorted(guidance) == ["1.0", "2.0"]
+    for row in guidance.values():
+        assert len(row["per_class_accuracy"]) == 10 and 0 <= row["accuracy"] <= 1 and math.isfinite(row["fd"])
+    assert (out / "c_edm_2.png").exists() and (out / "c_guidance_2.0.png").exists()
+
+
+def test_same_program_prints_the_two_hashes():
+    printed = run_script("same_program.py", "--steps", "2")
+    lines = [line for line in printed.splitlines() if line.startswith(("train step:", "ddim-2 sampling:"))]
+    assert len(lines) == 2 and all(len(line.split()[-3]) == 16 for line in lines)
