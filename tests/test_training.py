@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxdiff.errors import UserError
-from tests.conftest import load_config
+from tests.conftest import ROOT, load_config
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -603,17 +603,22 @@ def test_shipped_configs_are_valid_and_match_their_recipes():
         validate_config,
     )
 
-    for name in (
-        "default",
-        "digits",
-        "digits_edm",
-        "digits_flow",
-        "butterflies",
-        "mnist",
-        "cifar10",
-        "cifar10_edm",
-    ):
+    names = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem != "__init__")
+    assert {"default", "digits", "digits_ddpm", "digits_cond", "cifar10_edm"} <= set(names)
+    for name in names:
         validate_config(load_config(name))
+    # The first run (README): EDM, chosen by benchmarks/recipes.py; the DDPM recipe beside it.
+    digits = parse_run_config(load_config("digits"))
+    assert (digits.diffusion.objective, digits.sample.sampler, digits.sample.num_inference_steps) == (
+        "edm",
+        "edm",
+        18,
+    )
+    assert (digits.train.num_steps, digits.train.batch_size, digits.train.eval_every) == (2500, 64, 2500)
+    assert parse_run_config(load_config("digits_ddpm")).diffusion.objective == "ddpm"
+    cond = parse_run_config(load_config("digits_cond"))
+    assert (cond.num_classes, cond.null_label, cond.model["num_class_embeds"]) == (10, 10, 11)
+    assert (cond.train.cond_drop_prob, cond.sample.guidance_scale) == (0.1, 1.5)
     default = load_config("default")  # sets every key the validator knows
     assert set(default.train) == set(TRAIN_KEYS) and set(default.sample) == set(SAMPLE_KEYS)
     assert set(default.diffusion) <= set(DIFFUSION_KEYS)
