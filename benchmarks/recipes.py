@@ -179,21 +179,26 @@ def train(config: ml_collections.ConfigDict, xs: np.ndarray, labels: np.ndarray,
     return c, state.ema_params, info
 
 
+def _sample_fn(c, params, sampling, chunk: int, **guidance: Any):
+    """``make_sample_fn`` for a trained recipe's replicated EMA params, ``chunk`` images per call."""
+    return make_sample_fn(
+        c.apply_fn,
+        sampling,
+        image_shape=c.run.image_shape,
+        mesh=c.mesh,
+        param_sharding=jax.tree.map(lambda _: sharding.replicated(c.mesh), params),
+        batch_size=chunk,
+        num_classes=c.run.num_classes,
+        **guidance,
+    )
+
+
 def score_samplers(c, params, curve, feats, n: int, chunk: int, seed: int, out: str, label: str) -> dict:
     run = c.run
     scores = {}
     for name, steps in curve:
         sampling = run.objective.make_sampling(run.diffusion.to_dict(), name, steps, 0.0)
-        shardings = jax.tree.map(lambda _: sharding.replicated(c.mesh), params)
-        fn = make_sample_fn(
-            c.apply_fn,
-            sampling,
-            image_shape=run.image_shape,
-            mesh=c.mesh,
-            param_sharding=shardings,
-            batch_size=chunk,
-            num_classes=run.num_classes,
-        )
+        fn = _sample_fn(c, params, sampling, chunk)
         t0 = time.perf_counter()
         x = generate(fn, params, seed=seed, num_samples=n)
         seconds = time.perf_counter() - t0
@@ -224,17 +229,13 @@ def score_guidance(c, params, scales, feats, n: int, chunk: int, seed: int, out:
     sampling = run.objective.make_sampling(
         run.diffusion.to_dict(), run.sample.sampler, run.sample.num_inference_steps, run.sample.eta
     )
-    shardings = jax.tree.map(lambda _: sharding.replicated(c.mesh), params)
     rows = {}
     for scale in scales:
-        fn = make_sample_fn(
-            c.apply_fn,
+        fn = _sample_fn(
+            c,
+            params,
             sampling,
-            image_shape=run.image_shape,
-            mesh=c.mesh,
-            param_sharding=shardings,
-            batch_size=chunk,
-            num_classes=k,
+            chunk,
             class_labels=tuple(range(k)),
             guidance_scale=scale,
             guidance_rescale=run.sample.guidance_rescale,
