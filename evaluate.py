@@ -37,7 +37,9 @@ _METRIC = flags.DEFINE_enum("metric", "auto", ["auto", *scoring.METRICS], "incep
 _REF_STATS = flags.DEFINE_string("ref_stats", None, "Reference statistics .npz (mu, sigma[, features]).")
 _SAMPLER = flags.DEFINE_string("sampler", None, "ddpm | ddim | dpm++ | euler (default: the run's).")
 _STEPS = flags.DEFINE_list("steps", None, "Sampling steps; several (10,20,50) sweep (default: the run's).")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Images to sample and score per step count.")
+_NUM_SAMPLES = flags.DEFINE_integer(
+    "num_samples", 1000, "Images to sample and score per step count (digits FD: the mean over sets of 400)."
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the sampling noise.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images per sampling / Inception batch.")
 _EMA = flags.DEFINE_boolean("ema", True, "Use the EMA weights (--noema: the raw weights).")

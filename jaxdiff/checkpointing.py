@@ -544,6 +544,12 @@ def _grain_handler() -> Any:
     return grain.checkpoint.CheckpointHandler()
 
 
+def has_checkpoints(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a finished checkpoint (a step folder), read without opening a manager
+    (which would create the folder)."""
+    return any(p.name.isdigit() for p in _listdir(epath.Path(directory)))
+
+
 def _listdir(directory: epath.Path) -> list[epath.Path]:
     try:
         return sorted(directory.iterdir())

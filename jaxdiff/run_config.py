@@ -413,7 +413,7 @@ def _derive_warmup(train: TrainOptions, log: Callable[[str], None]) -> TrainOpti
 def _derive_eval(train: TrainOptions, data: DataOptions, log: Callable[[str], None]) -> TrainOptions:
     """The digits metric scores the 16x16 grayscale digits only: on other data (a digits-based config
     pointed at a folder, say) its evaluation is off, with one logged line."""
-    digits = (data.source, data.image_size, data.channels) == ("digits", 16, 1)
+    digits = (data.source.partition(":")[0], data.image_size, data.channels) == ("digits", 16, 1)
     if not train.eval_every or train.eval_metric != "digits" or digits:
         return train
     log(

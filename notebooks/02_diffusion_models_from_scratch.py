@@ -100,7 +100,7 @@ def show(ax, x, nrow=8, title=None, value_range=(0.0, 1.0)):
 
 # %%
 image_size = 28
-data_config = {"source": "digits", "image_size": image_size, "channels": 1}
+data_config = {"source": "digits:all", "image_size": image_size, "channels": 1}  # all 1,797
 num_images = 1797
 
 

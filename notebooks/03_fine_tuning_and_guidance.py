@@ -123,13 +123,13 @@ plt.show()
 
 
 # %% [markdown]
-# Every model here shares one run config: `configs/digits.py`'s UNet and schedule (FAST: a tiny UNet and a
-# few steps, for the test), with the data and the step count of each run.
+# Every model here shares one run config: `configs/digits_ddpm.py`'s UNet and schedule (FAST: a tiny UNet and
+# a few steps, for the test), with the data and the step count of each run.
 
 
 # %%
 def digits_run_config(source, num_steps, **train):
-    """A run config like configs/digits.py: 16x16 digits, the (32, 64, 64) UNet, the cosine schedule."""
+    """A run config like configs/digits_ddpm.py: 16x16 digits, the (32, 64, 64) UNet, the cosine schedule."""
     config = default_config()
     config.data.source = source
     config.model.layers_per_block = 1
@@ -160,7 +160,7 @@ def digits_run_config(source, num_steps, **train):
 
 def train(config, workdir, flags=""):
     """train.py as a function; prints the equivalent command line."""
-    print(f"python train.py --config configs/digits.py --workdir {workdir} {flags}".strip())
+    print(f"python train.py --config configs/digits_ddpm.py --workdir {workdir} {flags}".strip())
     return train_and_evaluate(config, workdir)
 
 
@@ -168,7 +168,8 @@ def train(config, workdir, flags=""):
 # ## Loading a pre-trained pipeline
 #
 # The course loads `google/ddpm-celebahq-256` from the Hub and samples it with its 1,000-step DDPM scheduler.
-# Offline, we first make the pre-trained model ourselves: `configs/digits.py` trained on the digits 0-4 only.
+# Offline, we first make the pre-trained model ourselves: `configs/digits_ddpm.py` trained on the digits 0-4
+# only.
 
 # %%
 base_steps = 30 if FAST else 800

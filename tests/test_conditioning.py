@@ -82,7 +82,7 @@ def test_digits_have_labels_and_class_names():
 
 def test_labels_outside_num_classes_are_one_line_errors():
     with pytest.raises(UserError, match=r"the label 5, outside data.num_classes=5; allowed: 0..4") as info:
-        make_source({"source": "digits", "image_size": 8, "num_classes": 5})
+        make_source({"source": "digits:all", "image_size": 8, "num_classes": 5})  # 0, 1, ..., 5: refused
     assert "\n" not in str(info.value)
 
     class Records:  # a source read record by record (as tfds: / hf: are): checked per batch

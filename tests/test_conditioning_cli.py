@@ -42,7 +42,7 @@ def _train(workdir, *flags, env):
 @pytest.mark.parametrize(
     "flags, fragment",
     [
-        (["--config.data.num_classes=5"], "has the label 5, outside data.num_classes=5; allowed: 0..4"),
+        (["--config.data.num_classes=5"], "has the label 8, outside data.num_classes=5; allowed: 0..4"),
         (["--config.train.cond_drop_prob=0.1"], "train.cond_drop_prob=0.1 is not allowed"),
         (
             ["--config.data.num_classes=10", "--config.model.num_class_embeds=10"],

@@ -52,7 +52,7 @@ def tfds_dir(tmp_path_factory):
 
 
 def test_digits_source_shapes_range_and_resize():
-    source = jd.make_source(DIGITS)
+    source = jd.make_source({**DIGITS, "source": "digits:all"})
     assert len(source) == 1797
     record = source[0]
     assert record["image"].shape == (16, 16, 1) and record["image"].dtype == np.uint8
@@ -62,13 +62,40 @@ def test_digits_source_shapes_range_and_resize():
     labels = {int(source[i]["label"]) for i in range(50)}
     assert labels == set(range(10))
     # channels=3 replicates the gray channel; other sizes resize.
-    rgb = jd.make_source({**DIGITS, "channels": 3, "image_size": 8})
+    rgb = jd.make_source({**DIGITS, "source": "digits:all", "channels": 3, "image_size": 8})
     assert rgb[5]["image"].shape == (8, 8, 3)
     np.testing.assert_array_equal(rgb[5]["image"][..., 0], rgb[5]["image"][..., 2])
     from sklearn.datasets import load_digits
 
     # At the native size the pixels are exactly the rescaled originals.
     np.testing.assert_array_equal(rgb[5]["image"][..., 0], np.round(load_digits().images[5] * 255 / 16))
+
+
+def test_digits_splits_partition_the_digits_and_are_the_metrics_split():
+    from sklearn.model_selection import train_test_split
+
+    full = jd.make_source({**DIGITS, "source": "digits:all"})
+    train, test = jd.make_source(DIGITS), jd.make_source({**DIGITS, "source": "digits:test"})
+    assert (len(train), len(test)) == (1397, 400)  # plain "digits" is the train split
+    assert np.bincount(test.labels).min() >= 39  # stratified: about 40 of each class
+
+    # Together they are the 1,797 digits, each once.
+    def rows(images, labels):  # each digit as one row (its pixels, then its label), rows sorted
+        x = np.concatenate([images.reshape(len(images), -1), labels[:, None].astype(np.uint8)], 1)
+        return x[np.lexsort(x.T[::-1])]
+
+    np.testing.assert_array_equal(
+        rows(np.concatenate([train.images, test.images]), np.concatenate([train.labels, test.labels])),
+        rows(full.images, full.labels),
+    )
+    # The digits metric's held-out set is the test split, in the same order: scikit-learn's stratified split.
+    _, heldout_x, _, heldout_y = train_test_split(
+        full.images, full.labels, test_size=400, stratify=full.labels, random_state=0
+    )
+    np.testing.assert_array_equal(test.images, heldout_x)
+    np.testing.assert_array_equal(test.labels, heldout_y)
+    with pytest.raises(UserError, match="unknown digits split 'valid'; allowed: train, test, all"):
+        jd.make_source({**DIGITS, "source": "digits:valid"})
 
 
 def test_digits_iterator_batches_determinism_and_epochs():

@@ -2,6 +2,8 @@
 those weights (parameters and EMA), with a fresh optimizer at step 0; a different model is a one-line
 error; a run's own checkpoint wins over ``init_from``."""
 
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -113,17 +115,19 @@ def test_init_from_a_workdir_then_resume_wins(source_run, tmp_path, capsys):
     via_export = parse_run_config(_finetune_config(source_run / "diffusers"))
     _assert_same(resolve_init_from(via_export).load_params(), ema)
 
-    # a real fine-tuning run: one step from the source's weights (not from a fresh init)
+    # a real fine-tuning run: one step from the source's weights (not from a fresh init), from a copy
+    copy = shutil.copytree(source_run, tmp_path / "source_copy")
     workdir = tmp_path / "tuned"
-    result = train_and_evaluate(_finetune_config(source_run), workdir, stop_at_step=1)
+    result = train_and_evaluate(_finetune_config(copy), workdir, stop_at_step=1)
     assert (result.start_step, result.step) == (0, 1)
     assert "fine-tuning from the EMA weights of the run in" in capsys.readouterr().err
     lr = tiny_config().train.learning_rate
     for got, want in zip(_leaves(result.state.params), _leaves(ema), strict=True):
         assert np.abs(got - want).max() <= 2 * lr  # one AdamW step from the source
 
-    # the same command again: the run's own checkpoint wins
-    result = train_and_evaluate(_finetune_config(source_run), workdir, stop_at_step=2)
+    # the same command again: the run's own checkpoint wins, and the source is not read (it may be gone)
+    shutil.rmtree(copy)
+    result = train_and_evaluate(_finetune_config(copy), workdir, stop_at_step=2)
     assert (result.start_step, result.step) == (1, 2)
     err = capsys.readouterr().err
     assert "resuming from the checkpoint at step 1" in err and "not used: resuming" in err

@@ -607,7 +607,8 @@ def test_shipped_configs_are_valid_and_match_their_recipes():
     assert {"default", "digits", "digits_ddpm", "digits_cond", "cifar10_edm"} <= set(names)
     for name in names:
         validate_config(load_config(name))
-    # The first run (README): EDM, chosen by benchmarks/recipes.py; the DDPM recipe beside it.
+    # The first run (README): class-conditional EDM, chosen by benchmarks/recipes.py, on the train split,
+    # sampled without guidance; the DDPM recipe beside it.
     digits = parse_run_config(load_config("digits"))
     assert (digits.diffusion.objective, digits.sample.sampler, digits.sample.num_inference_steps) == (
         "edm",
@@ -615,6 +616,8 @@ def test_shipped_configs_are_valid_and_match_their_recipes():
         18,
     )
     assert (digits.train.num_steps, digits.train.batch_size, digits.train.eval_every) == (2500, 64, 2500)
+    assert (digits.data.source, digits.num_classes, digits.sample.guidance_scale) == ("digits", 10, 1.0)
+    assert parse_run_config(load_config("digits_edm")).num_classes is None  # EDM without the labels
     assert parse_run_config(load_config("digits_ddpm")).diffusion.objective == "ddpm"
     cond = parse_run_config(load_config("digits_cond"))
     assert (cond.num_classes, cond.null_label, cond.model["num_class_embeds"]) == (10, 10, 11)

@@ -2,7 +2,7 @@
 
 Keys (every one optional; the default is used when a key is absent):
 
-- ``source`` (str, ``"digits"``): where images come from: ``digits``, ``tfds:NAME[:split]``,
+- ``source`` (str, ``"digits"``): where images come from: ``digits[:train|test|all]``, ``tfds:NAME[:split]``,
   ``folder:PATH`` or ``hf:NAME[:split]`` (see ``jaxdiff.data.sources``).
 - ``image_size`` (int > 0, 16): images are square ``image_size x image_size``.
 - ``channels`` (1 or 3, 1): grayscale or RGB; sources are converted to it.

@@ -6,7 +6,8 @@ configured ``image_size`` (S) and ``channels`` (C). Sources whose labels are nam
 labels outside ``0..num_classes-1`` are a ``UserError`` (here for the in-memory sources, per batch in the
 pipeline for the others). ``data.source`` picks one:
 
-- ``digits``: scikit-learn's bundled handwritten digits (1,797 images, 8x8), see ``digits.py``.
+- ``digits[:split]``: scikit-learn's bundled handwritten digits (8x8): ``train`` (1,397, the default),
+  ``test`` (the 400 the digits metric holds out) or ``all`` (1,797), see ``digits.py``.
 - ``tfds:NAME[:split]``: a TFDS dataset prepared in array_record format, see ``tfds_source.py``.
 - ``folder:PATH``: every image file under PATH, recursively, see ``folder.py``.
 - ``hf:NAME[:split]``: a Hugging Face dataset (optional ``datasets`` package), see ``hf.py``.
@@ -35,7 +36,7 @@ __all__ = [
     "split_name",
 ]
 
-SCHEMES = ("digits", "tfds:NAME[:split]", "folder:PATH", "hf:NAME[:split]")
+SCHEMES = ("digits[:train|test|all]", "tfds:NAME[:split]", "folder:PATH", "hf:NAME[:split]")
 
 
 def split_name(rest: str, source: str) -> tuple[str, str]:
@@ -66,8 +67,8 @@ def make_source(data_config: Any) -> ImageSource:
     """
     opts: DataOptions = parse_data_config(data_config)
     scheme, sep, rest = opts.source.partition(":")
-    if scheme == "digits" and not sep:
-        source = digits_source(opts)
+    if scheme == "digits":
+        source = digits_source(opts, rest if sep else "train")
     elif scheme == "folder" and sep:
         source = FolderSource(rest, opts)
     elif scheme == "tfds" and sep:

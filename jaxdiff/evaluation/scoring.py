@@ -113,6 +113,7 @@ def score_images(
             "num_samples": len(images_u8),
             "digits_fd": scorer.fd(images_u8),
             "digits_floor": scorer.floor,
+            "digits_floor_std": scorer.floor_std,
             "digits_kid_mean": kid_mean,
             "digits_kid_std": kid_std,
             "digits_class_histogram": [round(float(h), 4) for h in histogram],

@@ -41,7 +41,13 @@ import jax
 from tqdm import tqdm
 
 from jaxdiff import grids, sharding
-from jaxdiff.checkpointing import Checkpointer, canonical_json, same_model_check, storage_failure
+from jaxdiff.checkpointing import (
+    Checkpointer,
+    canonical_json,
+    has_checkpoints,
+    same_model_check,
+    storage_failure,
+)
 from jaxdiff.data import make_train_iterator
 from jaxdiff.errors import UserError
 from jaxdiff.inference import checkpoint_dir, export_diffusers, generate, sample_fn_for_run
@@ -204,7 +210,9 @@ def train_and_evaluate(
             process_count=jax.process_count(),
         )
         c = build_components(run)
-        init_source = resolve_init_from(run)
+        # A resumed run never reads its init_from source, so a source deleted since does not block it.
+        resuming = has_checkpoints(checkpoint_dir(run.train.checkpoint_dir, workdir))
+        init_source = None if resuming else resolve_init_from(run)
         if stop.signal_name:
             return _stopped_before_start(stop, workdir)
         with WorkdirLock(workdir, log=_say):
@@ -250,9 +258,10 @@ def _train(
         if restored is not None:
             state, start_step = restored.state, restored.step
             _say(f"resuming from the checkpoint at step {start_step} in {ckpt.directory}")
-            if init_source is not None:
-                _say(f"train.init_from={init_source.path!r} not used: resuming this run's own checkpoint")
-        elif init_source is not None:
+            if tc.init_from:
+                _say(f"train.init_from={tc.init_from!r} not used: resuming this run's own checkpoint")
+        elif tc.init_from:
+            init_source = init_source or resolve_init_from(run)  # checkpoints were listed but none restored
             state, start_step = c.init_state_from(init_source.load_params()), 0
             _say(f"fine-tuning from {init_source.describe()} (fresh optimizer, step 0)")
         else:
