@@ -345,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     curves = {k: v for k, _, v in (s.partition("=") for s in args.curve)}
     n = args.num_samples or 5 * args.holdout  # FD averaged over 5 sets of --holdout: less noisy than one
     train_seeds = [int(v) for v in args.train_seeds.split(",")]
+    scales = [float(v) for v in args.guidance_scales.split(",") if v]
     os.makedirs(args.out, exist_ok=True)
 
     feats = digits_metric(args.holdout, args.seed)
@@ -393,7 +394,6 @@ def main(argv: list[str] | None = None) -> None:
             name = label if len(train_seeds) == 1 else f"{label}_seed{train_seed}"
             scores = score_samplers(c, params, curve, feats, n, args.sample_chunk, args.seed, args.out, name)
             guidance = {}
-            scales = [float(v) for v in args.guidance_scales.split(",") if v]
             if c.run.null_label is not None and scales:
                 guidance = score_guidance(
                     c, params, scales, feats, n, args.sample_chunk, args.seed, args.out, name

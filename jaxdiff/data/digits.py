@@ -14,8 +14,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from jaxdiff.data.images import to_uint8_image
 from jaxdiff.data.options import DataOptions
@@ -31,6 +29,10 @@ DIGITS_SPLIT_SEED = 0
 @functools.cache
 def _digits_uint8() -> tuple[np.ndarray, np.ndarray]:
     """The raw digits as uint8 ``[1797, 8, 8]`` in 0..255 and int32 labels ``[1797]``."""
+    # scikit-learn is imported on first use: importing it costs about a second, which every importer of
+    # jaxdiff.data (sample.py and all inference) would pay for data it never reads.
+    from sklearn.datasets import load_digits
+
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
     return images, digits.target.astype(np.int32)
@@ -41,6 +43,8 @@ def digits_split_indices(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the ``train`` and ``test`` splits into the 1,797 digits: int ``[1797 - test_size]``,
     ``[test_size]``, stratified by class (scikit-learn's ``train_test_split``, ``random_state=seed``)."""
+    from sklearn.model_selection import train_test_split  # on first use, as in _digits_uint8
+
     labels = _digits_uint8()[1]
     train, test = train_test_split(
         np.arange(len(labels)), test_size=test_size, stratify=labels, random_state=seed

@@ -163,17 +163,10 @@ class DigitsMetric:
         if len(features) < 2:
             raise UserError(f"the digits FD needs at least 2 images, got {len(features)}")
         size = len(self.heldout_features)
-        sets = max(1, len(features) // size) if len(features) >= 2 * size else 1
-        if sets == 1:
+        if len(features) < 2 * size:
             return symmetric_frechet(features, self.heldout_features)
-        return float(
-            np.mean(
-                [
-                    symmetric_frechet(features[i * size : (i + 1) * size], self.heldout_features)
-                    for i in range(sets)
-                ]
-            )
-        )
+        sets = [features[i : i + size] for i in range(0, len(features) - size + 1, size)]
+        return float(np.mean([symmetric_frechet(f, self.heldout_features) for f in sets]))
 
     def kid(self, images_u8: np.ndarray, subsets: int = 100, seed: int = 0) -> tuple[float, float]:
         """KID ``(mean, std)`` against the held-out digits, subsets of min(N, held-out) images."""

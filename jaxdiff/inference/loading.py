@@ -17,12 +17,11 @@ from typing import Any
 
 import jax
 import numpy as np
-from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
 from jaxdiff import models, sharding
-from jaxdiff.checkpointing import restore_subtree, same_model_check
+from jaxdiff.checkpointing import has_checkpoints, restore_subtree, same_model_check
 from jaxdiff.errors import UserError
 from jaxdiff.inference.generate import SampleFn, make_sample_fn
 from jaxdiff.interop import load_pipeline, load_unet, read_jaxdiff_metadata
@@ -129,8 +128,7 @@ def load_workdir(
         raise UserError(f"--workdir {workdir!r} has no config.json: it is not a train.py run directory")
     run = parse_run_config(load_config_json(config_path), log=lambda message: None)
     ckpt_dir = checkpoint_dir(run.train.checkpoint_dir, workdir)
-    ckpt_path = epath.Path(ckpt_dir)
-    if not ckpt_path.is_dir() or not any(p.name.isdigit() for p in ckpt_path.iterdir()):
+    if not has_checkpoints(ckpt_dir):
         raise UserError(
             f"no checkpoint in {ckpt_dir!r}: train first (python train.py --workdir {workdir} ...)"
         )
